@@ -1,0 +1,159 @@
+"""ATYP | ADDR | PORT, the address field every SOCKS5 message shares (RFC 1928 §5).
+
+    +------+----------+----------+
+    | ATYP | DST.ADDR | DST.PORT |
+    +------+----------+----------+
+    |  1   | Variable |    2     |
+
+ATYP 01: 4 octets IPv4; 03: one length octet then that many octets of name; 04: 16 octets IPv6.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from socksx.protocol.buffer import Reader
+from socksx.protocol.constants import MAX_DOMAIN_LENGTH, Atyp
+from socksx.protocol.errors import LocalProtocolError, MalformedMessage, UnsupportedAddressType
+
+__all__ = ["Address", "maybe_read_address", "read_address_from"]
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A host (IP literal or domain name) and a port.
+
+    ``host`` is kept as text: an IPv4/IPv6 literal in canonical form, or a domain name. The
+    ATYP follows from it, so there is one way to spell each address.
+    """
+
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 0xFFFF:
+            msg = f"port {self.port} out of range 0..65535"
+            raise LocalProtocolError(msg)
+        if not self.host:
+            msg = "empty host"
+            raise LocalProtocolError(msg)
+
+    @property
+    def atyp(self) -> Atyp:
+        """The address type this host is sent as."""
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            return Atyp.DOMAINNAME
+        return Atyp.IPV4 if ip.version == 4 else Atyp.IPV6
+
+    @property
+    def is_ip(self) -> bool:
+        """True for an IP literal (no name resolution needed)."""
+        return self.atyp is not Atyp.DOMAINNAME
+
+    @classmethod
+    def from_ip(cls, host: str, port: int) -> Address:
+        """Build from a socket address, normalising IPv4-mapped IPv6 and scope ids away."""
+        host = host.split("%", 1)[0]
+        ip = ipaddress.ip_address(host)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return cls(str(ip), port)
+
+    def to_bytes(self) -> bytes:
+        """ATYP | ADDR | PORT.
+
+        Raises:
+            LocalProtocolError: a domain name longer than 255 octets or not ASCII/IDNA-encodable.
+        """
+        port = self.port.to_bytes(2, "big")
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            try:
+                name = self.host.encode("idna")
+            except UnicodeError as exc:
+                msg = f"host name {self.host!r} cannot be encoded"
+                raise LocalProtocolError(msg) from exc
+            if len(name) > MAX_DOMAIN_LENGTH:
+                msg = f"host name of {len(name)} octets exceeds {MAX_DOMAIN_LENGTH}"
+                raise LocalProtocolError(msg) from None
+            return bytes([Atyp.DOMAINNAME, len(name)]) + name + port
+        atyp = Atyp.IPV4 if ip.version == 4 else Atyp.IPV6
+        return bytes([atyp]) + ip.packed + port
+
+    def __str__(self) -> str:
+        if self.atyp is Atyp.IPV6:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+ZERO_V4 = Address("0.0.0.0", 0)  # noqa: S104 - the wire's "unspecified" address, never bound
+
+
+def read_address_from(r: Reader, allowed: frozenset[Atyp] | None = None) -> Address | None:
+    """Read ATYP | ADDR | PORT at the reader's position, or None (consuming nothing) if short.
+
+    Raises:
+        UnsupportedAddressType: ATYP not 01/03/04, or not in *allowed*.
+        MalformedMessage: a zero-length or undecodable domain name.
+    """
+    start = r.pos
+    atyp = r.u8()
+    if atyp is None:
+        return None
+    if atyp not in (Atyp.IPV4, Atyp.DOMAINNAME, Atyp.IPV6):
+        msg = f"unknown ATYP {atyp:#04x}"
+        raise UnsupportedAddressType(msg)
+    if allowed is not None and atyp not in allowed:
+        msg = f"ATYP {atyp:#04x} not accepted here"
+        raise UnsupportedAddressType(msg)
+    host: str
+    if atyp == Atyp.IPV4:
+        raw = r.take(4)
+        if raw is None:
+            r.pos = start
+            return None
+        host = str(ipaddress.IPv4Address(raw))
+    elif atyp == Atyp.IPV6:
+        raw = r.take(16)
+        if raw is None:
+            r.pos = start
+            return None
+        host = str(ipaddress.IPv6Address(raw))
+    else:
+        length = r.u8()
+        if length is None:
+            r.pos = start
+            return None
+        if length == 0:
+            msg = "zero-length domain name"
+            raise MalformedMessage(msg)
+        raw = r.take(length)
+        if raw is None:
+            r.pos = start
+            return None
+        try:
+            host = raw.decode("ascii")
+        except UnicodeDecodeError:
+            msg = "domain name is not ASCII"
+            raise MalformedMessage(msg) from None
+        if not host.isprintable() or any(c in host for c in " /\\"):
+            msg = "domain name contains illegal characters"
+            raise MalformedMessage(msg)
+    port = r.u16()
+    if port is None:
+        r.pos = start
+        return None
+    return Address(host, port)
+
+
+def maybe_read_address(
+    buf: bytes | bytearray | memoryview, allowed: frozenset[Atyp] | None = None
+) -> tuple[Address, int] | None:
+    """Parse an address from the front of *buf*: (address, consumed), or None if incomplete."""
+    r = Reader(buf)
+    address = read_address_from(r, allowed)
+    return None if address is None else (address, r.pos)
