@@ -1,0 +1,7 @@
+"""The list of commands the root group registers (one module per command)."""
+
+from __future__ import annotations
+
+import click
+
+ALL: list[click.Command] = []
