@@ -4,5 +4,7 @@ Importing this package loads no socket, ssl or gevent module: the entry point mu
 monkey-patch before anything else touches the network stack.
 """
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
 __all__ = ["__version__"]

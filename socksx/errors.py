@@ -100,7 +100,9 @@ class ConfigProblem:
         self.problem = problem
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.key}: {self.problem}" if self.key else f"{self.file}: {self.problem}"
+        if self.key:
+            return f"{self.file}: {self.key}: {self.problem}"
+        return f"{self.file}: {self.problem}"
 
     def __repr__(self) -> str:
         return f"ConfigProblem({self.file!r}, {self.key!r}, {self.problem!r})"

@@ -90,7 +90,7 @@ class Address:
         return f"{self.host}:{self.port}"
 
 
-ZERO_V4 = Address("0.0.0.0", 0)  # noqa: S104 - the wire's "unspecified" address, never bound
+ZERO_V4 = Address("0.0.0.0", 0)  # the wire's "no address"
 
 
 def read_address_from(r: Reader, allowed: frozenset[Atyp] | None = None) -> Address | None:

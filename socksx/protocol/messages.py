@@ -137,7 +137,7 @@ class Reply:
     """A reply in the plain RFC 1928 shape (also every failure reply of the extensions)."""
 
     rep: ReplyCode
-    address: Address = Address("0.0.0.0", 0)  # noqa: S104 - "no address" on the wire
+    address: Address = Address("0.0.0.0", 0)
 
     @property
     def ok(self) -> bool:

@@ -60,7 +60,7 @@ class Socks4Reply:
     """A SOCKS4 reply (BIND sends two)."""
 
     code: Socks4Code
-    address: Address = Address("0.0.0.0", 0)  # noqa: S104 - "no address" on the wire
+    address: Address = Address("0.0.0.0", 0)
 
     @property
     def ok(self) -> bool:
@@ -73,7 +73,8 @@ class Socks4Reply:
             packed = ipaddress.IPv4Address(self.address.host).packed
         except ValueError:
             packed = b"\0\0\0\0"
-        return bytes([SOCKS4_REPLY_VERSION, self.code]) + self.address.port.to_bytes(2, "big") + packed
+        port = self.address.port.to_bytes(2, "big")
+        return bytes([SOCKS4_REPLY_VERSION, self.code]) + port + packed
 
 
 def maybe_read_socks4_request(buf: Buf) -> tuple[Socks4Request, int] | None:
