@@ -1,0 +1,1 @@
+"""The gevent server: listeners, sessions, one module per command family."""

@@ -1,0 +1,322 @@
+"""The server: listeners from the config, the session pool, reload, drain, signals.
+
+A ``Server`` binds in ``start()`` (so ``addresses`` has the real ports at once: tests use port 0
+and never poll), serves each connection in its own greenlet, and stops with a grace period.
+Signals follow Dante's conventions: SIGHUP reloads, SIGTERM/SIGINT drain and stop, SIGUSR1 logs
+a state dump.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent import socket as gsocket
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from socksx import __version__
+from socksx.config import Config
+from socksx.config import load as load_config
+from socksx.errors import ConfigError, ConfigProblem
+from socksx.log import logger
+from socksx.protocol.constants import Command
+from socksx.server import bind, connect, udp
+from socksx.server.auth import Authenticator, load_users
+from socksx.server.limits import SessionLimiter
+from socksx.server.rules import RuleSet
+from socksx.server.session import HANDLERS, Session
+from socksx.server.stats import ServerStats
+
+__all__ = ["Listener", "Resolver", "Server"]
+
+Resolver = Callable[[str, int], list[tuple[int, tuple]]]
+
+HANDLERS.setdefault(Command.CONNECT, connect.handle)
+HANDLERS.setdefault(Command.BIND, bind.handle)
+HANDLERS.setdefault(Command.UDP_ASSOCIATE, udp.handle)
+
+
+def system_resolver(host: str, port: int) -> list[tuple[int, tuple]]:
+    """Resolve with gevent's resolver: every address, in the system's preferred order."""
+    infos = gsocket.getaddrinfo(host, port, 0, gsocket.SOCK_STREAM, gsocket.IPPROTO_TCP)
+    seen: set[tuple] = set()
+    out: list[tuple[int, tuple]] = []
+    for family, _, _, _, sockaddr in infos:
+        key = (family, sockaddr[:2])
+        if key not in seen:
+            seen.add(key)
+            out.append((family, sockaddr[:2]))
+    return out
+
+
+class Listener:
+    """One listening address; ``auth`` is what it requires of clients."""
+
+    def __init__(self, server: Server, host: str, port: int, auth: str) -> None:
+        self.server = server
+        self.auth = auth
+        family = gsocket.AF_INET6 if ":" in host else gsocket.AF_INET
+        sock = gsocket.socket(family, gsocket.SOCK_STREAM)
+        sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
+        if family == gsocket.AF_INET6:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(gsocket.IPPROTO_IPV6, gsocket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(1024)
+        except OSError as exc:
+            sock.close()
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            msg = f"cannot listen on {where}: {(exc.strerror or str(exc)).lower()}"
+            raise ConfigError([ConfigProblem(server.config.source, "listen", msg)]) from exc
+        self.stream = StreamServer(sock, self._handle, spawn=server.pool)
+        self.address: tuple[str, int] = sock.getsockname()[:2]
+
+    def _handle(self, sock: gsocket.socket, peer: tuple) -> None:
+        server = self.server
+        ip = peer[0]
+        reason = server.limiter.try_acquire(ip)
+        if reason is not None:
+            server.stats.by_result[reason] += 1
+            logger.warning("session refused", extra={"fields": {"client": ip, "why": reason}})
+            return
+        try:
+            sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
+            session = Session(server, self, sock, peer)
+            server.sessions.add(session)
+            try:
+                session.run()
+            finally:
+                server.sessions.discard(session)
+        finally:
+            server.limiter.release(ip)
+
+
+class Server:
+    """A running socksx server (a set of listeners sharing config, rules, auth and stats)."""
+
+    def __init__(self, config: Config, *, resolver: Resolver | None = None) -> None:
+        self.config = config
+        self.resolve: Resolver = resolver or system_resolver
+        self.pool = Pool(None)
+        self.stats = ServerStats()
+        self.sessions: set[Session] = set()
+        self.associations: set[Any] = set()
+        self.listeners: list[Listener] = []
+        self.stopped = Event()
+        self._apply(config)
+
+    # -- configuration --------------------------------------------------------------------
+
+    def _apply(self, config: Config) -> None:
+        """Build rules, auth and limits from *config* (raises ConfigError before changing)."""
+        rules = RuleSet(config.rules)
+        users = load_users(config.users_file) if config.users_file else {}
+        if hasattr(self, "authenticator"):
+            self.authenticator.replace_users(users)
+        else:
+            limits = config.limits
+            self.authenticator = Authenticator(
+                users,
+                workers=limits.auth_workers,
+                queue=limits.auth_queue,
+                failures_per_minute=limits.auth_failures_per_minute,
+            )
+        if not hasattr(self, "limiter"):
+            self.limiter = SessionLimiter(
+                config.limits.max_sessions, config.limits.max_sessions_per_client
+            )
+        else:
+            self.limiter.max_total = config.limits.max_sessions
+            self.limiter.max_per_client = config.limits.max_sessions_per_client
+        self.rules = rules
+        self.config = config
+
+    def reload(self, path: str | None = None) -> bool:
+        """Re-read the config (and users file); keep the old one if the new one is bad."""
+        source = (
+            path
+            if path is not None
+            else (None if self.config.source == "<embedded default>" else self.config.source)
+        )
+        try:
+            new = load_config(source)
+            new = new if self._overrides is None else self._overrides(new)
+            self._apply(new)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                logger.error("reload refused, keeping the running config: %s", problem)
+            return False
+        if tuple(new.listen) != tuple(self.config.listen):
+            logger.warning("listen addresses changed: restart to apply them")
+        logger.info("config reloaded", extra={"fields": {"source": new.source}})
+        return True
+
+    _overrides: Callable[[Config], Config] | None = None
+
+    def set_overrides(self, overrides: Callable[[Config], Config]) -> None:
+        """Command-line overrides re-applied to every reloaded config."""
+        self._overrides = overrides
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind every listener and start accepting.
+
+        Raises:
+            ConfigError: a listen address cannot be bound (names the address and the reason).
+        """
+        try:
+            for host, port in self.config.listen:
+                self.listeners.append(Listener(self, host, port, self.config.auth))
+        except ConfigError:
+            for listener in self.listeners:
+                listener.stream.close()
+            self.listeners.clear()
+            raise
+        for listener in self.listeners:
+            listener.stream.start()
+        for listener in self.listeners:
+            logger.info(
+                "listening",
+                extra={"fields": {"address": _fmt(listener.address), "auth": listener.auth}},
+            )
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) of every listener, in config order."""
+        return [listener.address for listener in self.listeners]
+
+    def now(self) -> float:
+        """The event loop's clock (cheap; seconds)."""
+        return float(gevent.get_hub().loop.now())
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let sessions finish for *grace* seconds, then end the rest."""
+        grace = self.config.timeouts.shutdown_grace if grace is None else grace
+        for listener in self.listeners:
+            listener.stream.close()
+        if self.pool.join(timeout=grace) is False or len(self.pool):
+            left = len(self.pool)
+            if left:
+                logger.info("shutdown: ending %d sessions after the grace period", left)
+            self.pool.kill(timeout=1)
+        self.stopped.set()
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM/SIGINT; handle SIGHUP (reload) and SIGUSR1 (state dump)."""
+        stopping = Event()
+        handlers = [
+            gevent.signal_handler(signal.SIGTERM, stopping.set),
+            gevent.signal_handler(signal.SIGINT, stopping.set),
+            gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload)),
+            gevent.signal_handler(signal.SIGUSR1, self.dump_state),
+        ]
+        try:
+            stopping.wait()
+            logger.info(
+                "stopping: draining sessions",
+                extra={
+                    "fields": {
+                        "open": len(self.sessions),
+                        "grace": self.config.timeouts.shutdown_grace,
+                    }
+                },
+            )
+            self.stop()
+        finally:
+            for handler in handlers:
+                handler.cancel()
+        logger.info("stopped")
+
+    def dump_state(self) -> None:
+        """Log the server's state (SIGUSR1)."""
+        snap = self.stats.snapshot()
+        logger.info(
+            "state",
+            extra={
+                "fields": {
+                    "version": __version__,
+                    "open": len(self.sessions),
+                    "total": snap["sessions_total"],
+                    "up": snap["bytes_up"],
+                    "down": snap["bytes_down"],
+                    "auth_failures": snap["auth_failures"],
+                    "denials": snap["rule_denials"],
+                }
+            },
+        )
+        for session in list(self.sessions):
+            logger.info(
+                "state session",
+                extra={
+                    "fields": {
+                        "id": session.id,
+                        "client": f"{session.client_ip}:{session.client_port}",
+                        "user": session.user or "-",
+                        "cmd": session.command,
+                        "dst": session.dst,
+                        "up": session.bytes_up,
+                        "down": session.bytes_down,
+                        "age": round(self.now() - session.started, 1),
+                    }
+                },
+            )
+
+
+def _fmt(address: tuple[str, int]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def raise_nofile_limit(max_sessions: int) -> None:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; warn if that is still too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    needed = 2 * max_sessions + 64
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logger.warning(
+            "open-file limit %d is below the %d that max_sessions=%d needs",
+            soft,
+            needed,
+            max_sessions,
+        )
+
+
+def drop_privileges(user: str | None, group: str | None) -> None:
+    """Switch to *user*/*group* after binding (no-op for None).
+
+    Raises:
+        ConfigError: unknown user or group, or not permitted.
+    """
+    if not user and not group:
+        return
+    import grp
+    import pwd
+
+    try:
+        gid = grp.getgrnam(group).gr_gid if group else (pwd.getpwnam(user).pw_gid if user else None)
+        uid = pwd.getpwnam(user).pw_uid if user else None
+    except KeyError as exc:
+        raise ConfigError(
+            [ConfigProblem("<privileges>", "user/group", f"unknown {exc.args[0]}")]
+        ) from exc
+    try:
+        if gid is not None:
+            os.setgroups([gid])
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
+    except PermissionError as exc:
+        msg = f"cannot drop privileges: {exc.strerror}"
+        raise ConfigError([ConfigProblem("<privileges>", "user", msg)]) from exc

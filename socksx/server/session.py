@@ -1,0 +1,308 @@
+"""One client connection: handshake through the codec, policy, dispatch, one log line.
+
+The session is the only code that reads the control socket during the handshake; the command
+handlers (connect, bind, udp and the extensions) get the parsed request and the session, and
+raise ``PolicyDenied`` / ``UpstreamError`` / codec errors to refuse. Nothing escapes ``run()``:
+expected failures become a reply code and a result string, bugs a logged traceback and REP 01.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import itertools
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent import socket as gsocket
+
+from socksx.errors import HandshakeTimeout, PolicyDenied, UpstreamError
+from socksx.log import logger
+from socksx.protocol.address import Address
+from socksx.protocol.connection import NEED_DATA, ConnectionClosed, ServerConnection, State
+from socksx.protocol.constants import (
+    SOCKS4_VERSION,
+    Command,
+    Method,
+    ReplyCode,
+    Socks4Code,
+    UserPassStatus,
+)
+from socksx.protocol.errors import ProtocolError, RemoteProtocolError
+from socksx.protocol.messages import (
+    Greeting,
+    MethodSelection,
+    Reply,
+    UserPassReply,
+    UserPassRequest,
+)
+from socksx.protocol.socks4 import Socks4Reply, Socks4Request
+
+if TYPE_CHECKING:
+    from socksx.server.server import Listener, Server
+
+__all__ = ["COMMAND_NAMES", "HANDLERS", "Session"]
+
+RECV_SIZE = 4096
+
+#: Command byte -> the name used in rules, logs and stats.
+COMMAND_NAMES: dict[int, str] = {
+    Command.CONNECT: "connect",
+    Command.BIND: "bind",
+    Command.UDP_ASSOCIATE: "udp",
+    Command.JOIN_MCAST_GROUP: "join",
+    Command.LEAVE_MCAST_GROUP: "leave",
+    Command.SETUP_UDP_TUNNEL: "tunnel",
+    Command.MULTI_BIND: "multibind",
+    Command.ACCEPT: "accept",
+}
+
+#: Command byte -> handler(session, request). Extension packages add entries.
+HANDLERS: dict[int, Callable[[Session, Any], None]] = {}
+
+_ids = itertools.count(1)
+
+
+class _Refused(Exception):
+    """The handshake ended with a refusal already sent (method 0xFF, RFC 1929 failure)."""
+
+
+class Session:
+    """State of one client connection, read by handlers, the log line and the stats API."""
+
+    __slots__ = (
+        "bytes_down",
+        "bytes_up",
+        "client_ip",
+        "client_port",
+        "command",
+        "conn",
+        "dst",
+        "id",
+        "listener",
+        "result",
+        "server",
+        "sock",
+        "started",
+        "user",
+    )
+
+    def __init__(
+        self, server: Server, listener: Listener, sock: gsocket.socket, peer: tuple
+    ) -> None:
+        self.id = next(_ids)
+        self.server = server
+        self.listener = listener
+        self.sock = sock
+        client = Address.from_ip(peer[0], peer[1])
+        self.client_ip = client.host
+        self.client_port = client.port
+        self.conn = ServerConnection()
+        self.user: str | None = None
+        self.command = "-"
+        self.dst = "-"
+        self.result = "ok"
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.started = time.monotonic()
+
+    # -- the run loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve the connection to its end. Never raises."""
+        server = self.server
+        try:
+            with gevent.Timeout(server.config.timeouts.handshake, HandshakeTimeout):
+                request = self._handshake()
+            if request is None:
+                return
+            handler = HANDLERS.get(self.conn.command or 0)
+            if handler is None:
+                self._refuse(ReplyCode.COMMAND_NOT_SUPPORTED, "unsupported-command")
+                return
+            handler(self, request)
+        except HandshakeTimeout:
+            self.result = "handshake-timeout"
+        except _Refused:
+            pass
+        except PolicyDenied as exc:
+            server.stats.rule_denials += 1
+            self._refuse(exc.reply or ReplyCode.NOT_ALLOWED, f"denied rule={exc.rule_id}")
+        except UpstreamError as exc:
+            self._refuse(exc.reply or ReplyCode.GENERAL_FAILURE, f"failed: {exc}")
+        except RemoteProtocolError as exc:
+            self._refuse(exc.reply, f"protocol-error: {exc}")
+        except OSError as exc:
+            self.result = f"io-error: {(exc.strerror or str(exc) or type(exc).__name__).lower()}"
+        except gevent.GreenletExit:
+            self.result = "killed"
+            raise
+        except Exception:
+            logger.exception("session %d: internal error", self.id)
+            self._refuse(ReplyCode.GENERAL_FAILURE, "internal-error")
+        finally:
+            self._finish()
+
+    def _recv_event(self) -> object:
+        conn = self.conn
+        while (event := conn.next_event()) is NEED_DATA:
+            conn.receive_data(self.sock.recv(RECV_SIZE))
+        return event
+
+    def _handshake(self) -> object | None:
+        """Method negotiation and authentication; returns the request, or None on EOF."""
+        event = self._recv_event()
+        if isinstance(event, ConnectionClosed):
+            self.result = "closed-before-request"
+            return None
+        if isinstance(event, Socks4Request):
+            return self._socks4(event)
+        assert isinstance(event, Greeting)
+        wanted = Method.USERNAME_PASSWORD if self.listener.auth == "userpass" else Method.NO_AUTH
+        if wanted not in event.methods:
+            self.sock.sendall(self.conn.send(MethodSelection(Method.NO_ACCEPTABLE)))
+            self.result = "no-acceptable-method"
+            raise _Refused
+        self.sock.sendall(self.conn.send(MethodSelection(wanted)))
+        if wanted == Method.USERNAME_PASSWORD:
+            self._authenticate()
+        event = self._recv_event()
+        if isinstance(event, ConnectionClosed):
+            self.result = "closed-before-request"
+            return None
+        self._note_request(event)
+        return event
+
+    def _authenticate(self) -> None:
+        event = self._recv_event()
+        if isinstance(event, ConnectionClosed):
+            self.result = "closed-during-auth"
+            raise _Refused
+        assert isinstance(event, UserPassRequest)
+        name = event.username.decode("utf-8", "replace")
+        self.user = name
+        outcome = self.server.authenticator.verify(self.client_ip, event.username, event.password)
+        ok = outcome.ok
+        status = UserPassStatus.SUCCESS if ok else UserPassStatus.FAILURE
+        self.sock.sendall(self.conn.send(UserPassReply(status)))
+        if not ok:
+            self.server.stats.auth_failures += 1
+            self.result = f"auth-failed: {outcome.reason}"
+            logger.warning(
+                "authentication failed",
+                extra={"fields": {"client": self.client_ip, "user": name, "why": outcome.reason}},
+            )
+            raise _Refused
+
+    def _socks4(self, request: Socks4Request) -> object:
+        self._note_request(request)
+        if self.listener.auth == "userpass" or not self.server.config.socks4:
+            # A SOCKS4 USERID is not authentication: never serve it where credentials are required.
+            self.user = None
+            rule = "socks4-disabled"
+            raise PolicyDenied(rule, "SOCKS4 is not accepted on this listener")
+        return request
+
+    def _note_request(self, request: object) -> None:
+        command = getattr(request, "command", None)
+        self.command = COMMAND_NAMES.get(int(command), "?") if command is not None else "?"
+        address = getattr(request, "address", None)
+        if address is not None:
+            self.dst = str(address)
+
+    # -- helpers for handlers -------------------------------------------------------------
+
+    def send_reply(self, rep: ReplyCode, address: Address | None = None) -> None:
+        """Send a reply in the client's protocol version (SOCKS4 gets 5A/5B)."""
+        bound = address if address is not None else Address("0.0.0.0", 0)
+        if self.conn.version == SOCKS4_VERSION:
+            code = Socks4Code.GRANTED if rep == ReplyCode.SUCCEEDED else Socks4Code.REJECTED
+            self.sock.sendall(self.conn.send(Socks4Reply(code, bound)))
+        else:
+            self.sock.sendall(self.conn.send(Reply(rep, bound)))
+
+    def send(self, message: object) -> None:
+        """Send an extension reply or notice through the state machine."""
+        self.sock.sendall(self.conn.send(message))
+
+    def take_trailing(self) -> bytes:
+        """Client bytes that arrived after the request (pipelined data)."""
+        return self.conn.trailing_data()
+
+    def _refuse(self, rep: ReplyCode | None, result: str) -> None:
+        self.result = result
+        if rep is None:
+            return
+        if self.conn.state not in (State.REPLY, State.BIND_SECOND, State.CONTROL_REPLY):
+            return
+        # The client may be gone already: the result says enough then.
+        with contextlib.suppress(OSError, ProtocolError):
+            self.send_reply(rep)
+
+    def resolve_and_check(self, address: Address, command: str) -> list[tuple[int, tuple]]:
+        """Resolve *address* and check the rules against the name and every address.
+
+        Raises:
+            PolicyDenied: a rule (or the default) denies it.
+            UpstreamError: the name does not resolve (REP 04).
+        """
+        server = self.server
+        if address.is_ip:
+            ip = ipaddress.ip_address(address.host)
+            family = gsocket.AF_INET if ip.version == 4 else gsocket.AF_INET6
+            targets = [(family, (address.host, address.port))]
+            resolved: tuple[str, ...] = ()
+        else:
+            decision = server.rules.decide(
+                self.client_ip, self.user, command, address.host, address.port
+            )
+            if not decision.allowed and decision.rule_id != "default-deny":
+                # Denied by the name alone: don't even look the name up.
+                raise PolicyDenied(decision.rule_id)
+            targets = server.resolve(address.host, address.port)
+            resolved = tuple(sockaddr[0] for _, sockaddr in targets)
+        decision = server.rules.decide(
+            self.client_ip, self.user, command, address.host, address.port, resolved
+        )
+        if not decision.allowed:
+            raise PolicyDenied(decision.rule_id)
+        return targets
+
+    def outward_for(self, targets: list[tuple[int, tuple]]) -> str | None:
+        """The configured outward source address if it suits the targets' family."""
+        outward = self.server.config.outward_address
+        if not outward or not targets:
+            return None
+        want6 = targets[0][0] == gsocket.AF_INET6
+        return outward if (":" in outward) == want6 else None
+
+    # -- the end --------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        server = self.server
+        duration = time.monotonic() - self.started
+        server.stats.session_ended(
+            self.command,
+            self.result.split(":", 1)[0].split(" ", 1)[0],
+            self.bytes_up,
+            self.bytes_down,
+        )
+        if logger.isEnabledFor(20):
+            logger.info(
+                "session",
+                extra={
+                    "fields": {
+                        "id": self.id,
+                        "client": f"{self.client_ip}:{self.client_port}",
+                        "user": self.user or "-",
+                        "cmd": self.command,
+                        "dst": self.dst,
+                        "up": self.bytes_up,
+                        "down": self.bytes_down,
+                        "duration": round(duration, 3),
+                        "result": self.result,
+                    }
+                },
+            )
