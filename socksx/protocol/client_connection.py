@@ -19,9 +19,6 @@ SOCKS4/4a: ``IDLE --Socks4Request--> SENT_CONNECT | SENT_BIND``, then as above w
 success. Every refusal, failure status, EOF or malformed reply moves to CLOSED; the driver maps
 the event to the caller's error. All transitions are in ``TRANSITIONS``; a pair that is not
 there raises LocalProtocolError (what we sent) and moves to CLOSED.
-
-The RFC 1928 §7 UDP request header is here too (``encode_udp_datagram``/``decode_udp_datagram``),
-since the client needs it for UDP ASSOCIATE.
 """
 
 from __future__ import annotations
@@ -30,8 +27,6 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from socksx.protocol.address import Address, read_address_from
-from socksx.protocol.buffer import Reader
 from socksx.protocol.constants import (
     SOCKS5_VERSION,
     Atyp,
@@ -61,17 +56,10 @@ __all__ = [
     "ClientState",
     "RawReply",
     "RawRequest",
-    "UdpDatagram",
-    "decode_udp_datagram",
-    "encode_udp_datagram",
 ]
 
 Buf = bytes | bytearray | memoryview
 
-#: RFC 1928 §7: RSV, two zero octets at the front of every UDP request header.
-_UDP_RSV: Final = b"\0\0"
-#: RFC 1928 §7: FRAG 0 is a standalone datagram; anything else is a fragment.
-_UDP_STANDALONE: Final = 0
 #: RFC 1928 §6: VER | REP | RSV | ATYP, the fixed head of a reply.
 _REPLY_HEAD: Final = 4
 #: RFC 1928 §3 METHOD selection and RFC 1929 §2 status: two octets each.
@@ -378,48 +366,3 @@ def _maybe_read_raw_reply(buf: Buf) -> tuple[RawReply, int] | None:
         return None
     return RawReply(bytes(buf[:size])), size
 
-
-@dataclass(frozen=True, slots=True)
-class UdpDatagram:
-    """One RFC 1928 §7 datagram: RSV(2) | FRAG | ATYP | DST.ADDR | DST.PORT | DATA."""
-
-    address: Address
-    data: bytes
-    frag: int = _UDP_STANDALONE
-
-    @property
-    def fragment(self) -> bool:
-        """True for FRAG != 0 (fragments are not supported, so callers drop these)."""
-        return self.frag != _UDP_STANDALONE
-
-
-def encode_udp_datagram(address: Address, data: bytes) -> bytes:
-    """Header naming *address* (the destination, or on the way back the source) + *data*.
-
-    Raises:
-        LocalProtocolError: the address cannot be encoded.
-    """
-    return _UDP_RSV + bytes([_UDP_STANDALONE]) + address.to_bytes() + data
-
-
-def decode_udp_datagram(dgram: Buf) -> UdpDatagram:
-    """Split a whole datagram into header and data.
-
-    Raises:
-        MalformedMessage: shorter than its header, or RSV is not zero.
-        UnsupportedAddressType: unknown ATYP.
-    """
-    r = Reader(dgram)
-    rsv = r.take(len(_UDP_RSV))
-    frag = r.u8()
-    if rsv is None or frag is None:
-        msg = f"UDP datagram of {len(dgram)} octets is shorter than its header"
-        raise MalformedMessage(msg)
-    if rsv != _UDP_RSV:
-        msg = f"UDP header RSV must be 0x0000, got {rsv.hex()}"
-        raise MalformedMessage(msg)
-    address = read_address_from(r)
-    if address is None:
-        msg = "UDP datagram ends inside its address"
-        raise MalformedMessage(msg)
-    return UdpDatagram(address, bytes(dgram[r.pos :]), frag)

@@ -12,9 +12,6 @@ from socksx.protocol.client_connection import (
     ClientState,
     RawReply,
     RawRequest,
-    UdpDatagram,
-    decode_udp_datagram,
-    encode_udp_datagram,
 )
 from socksx.protocol.constants import Command, Method, ReplyCode, Socks4Code, Socks4Command
 from socksx.protocol.errors import (
@@ -420,39 +417,3 @@ def test_raw_probe_total(data):
     event = conn.next_event()
     assert isinstance(event, RawReply)
     assert data.startswith(event.data)
-
-
-# -- UDP header -----------------------------------------------------------------------------
-
-
-def test_udp_datagram_vector():
-    wire = b"\x00\x00\x00\x01\x7f\x00\x00\x01\x00\x35hello"
-    assert encode_udp_datagram(Address("127.0.0.1", 53), b"hello") == wire
-    assert decode_udp_datagram(wire) == UdpDatagram(Address("127.0.0.1", 53), b"hello")
-
-
-def test_udp_fragment_flag():
-    dgram = decode_udp_datagram(b"\x00\x00\x01\x03\x01a\x00\x01x")
-    assert dgram.fragment
-    assert dgram.address == Address("a", 1)
-    assert not decode_udp_datagram(b"\x00\x00\x00\x01" + bytes(6)).fragment
-
-
-@pytest.mark.parametrize(
-    ("wire", "exc"),
-    [
-        (b"\x00\x00", MalformedMessage),
-        (b"\x00\x01\x00\x01" + bytes(6), MalformedMessage),
-        (b"\x00\x00\x00\x01\x7f", MalformedMessage),
-        (b"\x00\x00\x00\x09" + bytes(6), UnsupportedAddressType),
-    ],
-    ids=["short", "rsv", "truncated-address", "atyp"],
-)
-def test_udp_datagram_errors(wire, exc):
-    with pytest.raises(exc):
-        decode_udp_datagram(wire)
-
-
-@given(addresses, st.binary(max_size=200))
-def test_udp_roundtrip(address, data):
-    assert decode_udp_datagram(encode_udp_datagram(address, data)) == UdpDatagram(address, data)
