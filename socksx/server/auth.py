@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_OPSLIMIT",
     "AuthResult",
     "Authenticator",
+    "check_password",
     "hash_password",
     "load_users",
 ]
@@ -96,8 +97,12 @@ def hash_password(
     return nacl.pwhash.argon2id.str(password, opslimit=opslimit, memlimit=memlimit)
 
 
-def _check_password(stored: bytes, password: bytes) -> bool:
-    # Runs in a pool thread: libsodium releases the GIL for the hash itself.
+def check_password(stored: bytes, password: bytes) -> bool:
+    """True if ``password`` matches the argon2id string ``stored``; blocks for the whole hash.
+
+    The server calls it in a pool thread (libsodium releases the GIL while hashing); the CLI
+    calls it directly.
+    """
     try:
         return nacl.pwhash.argon2id.verify(stored, password)
     except nacl.exceptions.InvalidkeyError:
@@ -225,7 +230,7 @@ class Authenticator:
         self._in_flight += 1
         try:
             # spawn() waits (cooperatively) for a free worker: this is the queue
-            async_result = self._pool.spawn(_check_password, stored, password)
+            async_result = self._pool.spawn(check_password, stored, password)
         except BaseException:
             self._in_flight -= 1  # killed while queued: nothing was submitted
             raise
