@@ -4,4 +4,6 @@ from __future__ import annotations
 
 import click
 
-ALL: list[click.Command] = []
+from socksx.cli.passwd import passwd
+
+ALL: list[click.Command] = [passwd]
