@@ -173,7 +173,8 @@ class Authenticator:
         self._dummy = secrets.choice(list(self._users.values())) if self._users else None
 
     def close(self) -> None:
-        """Stop the pool threads (server shutdown). Verifications still running finish first."""
+        """Stop the pool threads at server shutdown, after the sessions are gone (a thread ends
+        once its current verification is done); a later ``verify`` starts a new pool."""
         if self._pool is not None:
             self._pool.kill()
             self._pool = None
