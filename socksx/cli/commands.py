@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from socksx.cli.config import config
 from socksx.cli.passwd import passwd
 
-ALL: list[click.Command] = [passwd]
+ALL: list[click.Command] = [passwd, config]
