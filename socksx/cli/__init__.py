@@ -54,7 +54,9 @@ def main() -> None:
     except SocksError as exc:
         if os.environ.get("SOCKSX_DEBUG") == "1":
             raise
-        click.echo(f"socksx: {exc}", err=True)
+        problems = getattr(exc, "problems", None) or [exc]
+        for problem in problems:
+            click.echo(f"socksx: {problem}", err=True)
         sys.exit(exit_code_for(exc))
 
 

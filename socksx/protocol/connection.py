@@ -163,6 +163,14 @@ RECEIVE_TRANSITIONS: dict[State, State] = {
 }
 
 
+#: After malformed input in these states a failure reply is still owed (and then CLOSED).
+_AFTER_BAD_INPUT: dict[State, State] = {
+    State.GREETING: State.REPLY,  # only for SOCKS4, whose requests come first
+    State.REQUEST: State.REPLY,
+    State.CONTROL: State.CONTROL_REPLY,
+}
+
+
 def register_reply_type(cls: type, kind: str = REPLY_KIND) -> None:
     """Let ``send`` accept an extension reply or notice class (kind "reply" or "notice")."""
     _KINDS[cls] = kind
@@ -213,8 +221,9 @@ class ServerConnection:
         """The next message, NEED_DATA, PAUSED, or a ConnectionClosed event.
 
         Raises:
-            RemoteProtocolError: (and subclasses) malformed input or EOF inside a message; the
-                machine is CLOSED afterwards.
+            RemoteProtocolError: (and subclasses) malformed input or EOF inside a message.
+                After malformed input in REQUEST, CONTROL or a SOCKS4 GREETING, the machine
+                waits for the failure reply (``exc.reply``); otherwise it is CLOSED.
         """
         state = self.state
         nxt = RECEIVE_TRANSITIONS.get(state)
@@ -230,7 +239,12 @@ class ServerConnection:
             else:
                 parsed = maybe_read_request(self._buf)
         except RemoteProtocolError:
-            self.state = State.CLOSED
+            # Like h11 after a bad request: the peer broke the protocol, but a refusal in the
+            # peer's own version may still be sent (REP 07/08/01, SOCKS4 0x5B); then CLOSED.
+            self.state = _AFTER_BAD_INPUT.get(state, State.CLOSED)
+            if state is State.GREETING and self.version != SOCKS4_VERSION:
+                self.state = State.CLOSED
+            self.command = None
             raise
         if parsed is None:
             if self._eof:

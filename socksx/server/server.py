@@ -134,8 +134,9 @@ class Server:
                 config.limits.max_sessions, config.limits.max_sessions_per_client
             )
         else:
-            self.limiter.max_total = config.limits.max_sessions
-            self.limiter.max_per_client = config.limits.max_sessions_per_client
+            self.limiter.reconfigure(
+                config.limits.max_sessions, config.limits.max_sessions_per_client
+            )
         self.rules = rules
         self.config = config
 

@@ -189,10 +189,10 @@ class Session:
         self.sock.sendall(self.conn.send(UserPassReply(status)))
         if not ok:
             self.server.stats.auth_failures += 1
-            self.result = f"auth-failed: {outcome.reason}"
+            self.result = f"auth-failed: {outcome.value}"
             logger.warning(
                 "authentication failed",
-                extra={"fields": {"client": self.client_ip, "user": name, "why": outcome.reason}},
+                extra={"fields": {"client": self.client_ip, "user": name, "why": outcome.value}},
             )
             raise _Refused
 
@@ -261,7 +261,13 @@ class Session:
             if not decision.allowed and decision.rule_id != "default-deny":
                 # Denied by the name alone: don't even look the name up.
                 raise PolicyDenied(decision.rule_id)
-            targets = server.resolve(address.host, address.port)
+            try:
+                targets = server.resolve(address.host, address.port)
+            except OSError as exc:
+                from socksx.server.connect import errno_to_reply
+
+                msg = f"cannot resolve {address.host}: {exc.strerror or exc}"
+                raise UpstreamError(errno_to_reply(exc), msg) from exc
             resolved = tuple(sockaddr[0] for _, sockaddr in targets)
         decision = server.rules.decide(
             self.client_ip, self.user, command, address.host, address.port, resolved

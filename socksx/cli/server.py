@@ -1,0 +1,67 @@
+"""``socksx server``: run the SOCKS server from a config file, the embedded default, and flags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from socksx.cli._app import App
+
+
+@click.command(short_help="Run the SOCKS server.")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML config file [default: the embedded default, 127.0.0.1:1080].",
+)
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Listen address (repeatable; replaces the config's list).",
+)
+@click.option("--auth", type=click.Choice(["none", "userpass"]), help="Client authentication.")
+@click.option("--users", "users_file", type=click.Path(dir_okay=False), help="Users file.")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), help="Session log line format."
+)
+@click.pass_obj
+def server(
+    app: App,
+    *,
+    config_path: str | None,
+    listen: tuple[str, ...],
+    auth: str | None,
+    users_file: str | None,
+    log_format: str | None,
+) -> None:
+    """Run the SOCKS server until SIGTERM or SIGINT.
+
+    SIGHUP reloads the config and users file, SIGUSR1 logs a state dump.
+    """
+    from socksx.config import load, with_overrides
+    from socksx.log import setup_logging
+    from socksx.server.server import Server, drop_privileges, raise_nofile_limit
+
+    overrides: dict[str, Any] = {}
+    if listen:
+        overrides["listen"] = list(listen)
+    if auth:
+        overrides["auth"] = auth
+    if users_file:
+        overrides["users_file"] = users_file
+    config = with_overrides(load(config_path), **overrides)
+    log = config.log
+    level = "debug" if app.verbosity > 0 else log.level
+    setup_logging(log_format or log.format, log.target, level, log.syslog_address)
+    raise_nofile_limit(config.limits.max_sessions)
+    srv = Server(config)
+    srv.start()
+    drop_privileges(config.user, config.group)
+    if overrides:
+        srv.set_overrides(lambda cfg: with_overrides(cfg, **overrides))
+    srv.serve_forever()
