@@ -220,6 +220,8 @@ class UdpEcho:
                 data, src = self.sock.recvfrom(65535)
             except OSError:
                 return
+            if src is None:  # shut down
+                return
             self.sources.append(src)
             with contextlib.suppress(OSError):
                 self.sock.sendto(data, src)
