@@ -513,7 +513,7 @@ def test_cli_check_bad_file_prints_every_problem(tmp_path: Path) -> None:
         'auth = "x"\n[timeouts]\nidle = -1\n[[rules]]\naction = "allow"\nto = ["a b"]\n'
     )
     code, out, err = run("config", "check", str(conf))
-    assert code == ExitCode.CONFIG
+    assert code == ExitCode.FAILURE
     assert out == ""
     lines = err.splitlines()
     assert len(lines) == 3
@@ -524,7 +524,7 @@ def test_cli_check_bad_file_prints_every_problem(tmp_path: Path) -> None:
 
 def test_cli_check_missing_file() -> None:
     code, out, err = run("config", "check", "/nonexistent/x.toml")
-    assert code == ExitCode.CONFIG
+    assert code == ExitCode.FAILURE
     assert (out, err) == ("", "socksx: /nonexistent/x.toml: file not found\n")
 
 
@@ -562,5 +562,5 @@ def test_cli_process_exit_code() -> None:
         check=False,
         timeout=60,
     )
-    assert result.returncode == ExitCode.CONFIG
+    assert result.returncode == ExitCode.FAILURE
     assert result.stderr == "socksx: /nonexistent/x.toml: file not found\n"

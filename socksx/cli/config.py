@@ -17,24 +17,28 @@ def config() -> None:
     """Validate config files and print the effective configuration."""
 
 
-def _fail(error: ConfigError) -> NoReturn:
+def _fail(error: ConfigError, code: ExitCode = ExitCode.CONFIG) -> NoReturn:
     # Every problem on its own line, so an editor or grep can jump to each.
     for problem in error.problems:
         click.echo(f"socksx: {problem}", err=True)
-    raise SystemExit(int(ExitCode.CONFIG))
+    raise SystemExit(int(code))
 
 
 @config.command(short_help="Validate a config file.")
 @click.argument("file", type=click.Path(dir_okay=True))
 @click.pass_obj
 def check(app: App, *, file: str) -> None:
-    """Validate FILE: exit 0 if it is usable, else print every problem and exit 3."""
+    """Validate FILE: exit 0 if it is usable, else print every problem and exit 1.
+
+    (A checker that found problems has done its job: 1, as issue #3 specifies. Commands that
+    cannot start because of a bad config exit 3.)
+    """
     from socksx.config import load
 
     try:
         cfg = load(file)
     except ConfigError as error:
-        _fail(error)
+        _fail(error, ExitCode.FAILURE)
     app.info(f"{file}: ok ({len(cfg.listen)} listen addresses, {len(cfg.rules)} rules)")
 
 
