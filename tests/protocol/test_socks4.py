@@ -107,3 +107,18 @@ def test_reply_ok_only_when_granted(code, ok) -> None:
 def test_request_encoder_refuses_what_the_parser_refuses(request_) -> None:
     with pytest.raises(LocalProtocolError):
         request_.to_bytes()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Socks4Request.to_bytes() sends DSTIP 0.0.0.x (x != 0) as plain SOCKS4, but "
+    "that is the SOCKS4a marker, so the parser waits for a hostname that never comes",
+)
+@pytest.mark.parametrize("host", ["0.0.0.1", "0.0.0.255"])
+def test_socks4a_marker_address_cannot_be_sent_as_plain_socks4(host) -> None:
+    request = Socks4Request(Socks4Command.CONNECT, Address(host, 80))
+    try:
+        wire = request.to_bytes()
+    except LocalProtocolError:
+        return
+    assert maybe_read_socks4_request(wire) == (request, len(wire))
