@@ -44,6 +44,7 @@ __all__ = [
     "bind",
     "connect",
     "parse_proxy_url",
+    "probe_reachable",
     "proxy_from_env",
     "raw_request",
     "select_method",
@@ -373,6 +374,23 @@ def select_method(
         session.close()
     assert isinstance(event, MethodSelection)
     return event.method
+
+
+def probe_reachable(
+    *,
+    proxy: ProxyArg = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    ca_file: str | None = None,
+    fingerprint: str | None = None,
+) -> None:
+    """Connect to the proxy (with TLS for socks5s://) and close again, saying nothing.
+
+    Raises:
+        ProxyConnectionError: nothing listens, or TLS failed (TLSVerificationError).
+        ProxyTimeoutError: no connection within *timeout*.
+    """
+    url = _proxy_url(proxy)
+    open_socket(url, timeout=timeout, ca_file=ca_file, fingerprint=fingerprint).close()
 
 
 # -- helpers ---------------------------------------------------------------------------------

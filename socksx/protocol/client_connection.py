@@ -170,6 +170,16 @@ _AWAITING_REPLY: Final = frozenset(
     }
 )
 
+#: How an early close reads in an error message, by what we were waiting for.
+_CLOSED_WHILE: Final = {
+    ClientState.SENT_GREETING: "instead of selecting a method",
+    ClientState.SENT_AUTH: "instead of answering the username/password",
+    ClientState.SENT_CONNECT: "instead of replying",
+    ClientState.SENT_BIND: "instead of replying",
+    ClientState.SENT_UDP_ASSOCIATE: "instead of replying",
+    ClientState.BIND_WAIT: "before a peer connected",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class RawRequest:
@@ -343,7 +353,7 @@ class ClientConnection:
             self.state = ClientState.CLOSED
             return event
         old, self.state = self.state, ClientState.CLOSED
-        msg = f"proxy closed the connection (state {old.name})"
+        msg = f"proxy closed the connection {_CLOSED_WHILE.get(old, 'unexpectedly')}"
         raise RemoteProtocolError(msg)
 
 

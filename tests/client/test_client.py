@@ -357,6 +357,38 @@ def test_udp_not_supported_by_microsocks(microsocks):
     assert info.value.reply == ReplyCode.COMMAND_NOT_SUPPORTED
 
 
+def test_udp_unspecified_relay_means_the_proxy(scripted_proxy):
+    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    relay.bind(("127.0.0.1", 0))
+    relay.settimeout(5)
+    port = relay.getsockname()[1]
+    proxy = scripted_proxy(b"\x05\x00\x00\x01\x00\x00\x00\x00" + port.to_bytes(2, "big"))
+    with relay, udp_associate(proxy=proxy.url) as assoc:
+        assert assoc.relay == ("127.0.0.1", port)
+        local = assoc.socket.getsockname()
+        # The request declared the UDP socket we send from.
+        assert proxy.requests == [
+            b"\x05\x03\x00\x01\x7f\x00\x00\x01" + local[1].to_bytes(2, "big")
+        ]
+        assoc.sendto(b"query", ("192.0.2.7", 53))  # only reaches the loopback "relay"
+        dgram, source = relay.recvfrom(100)
+        assert source == local
+        assert dgram == b"\x00\x00\x00\x01\xc0\x00\x02\x07\x00\x35query"
+        assoc.sendto(b"by name", ("name.example", 7))
+        assert relay.recvfrom(100)[0] == b"\x00\x00\x00\x03\x0cname.example\x00\x07by name"
+        relay.sendto(b"\x00\x00\x00\x01\xc0\x00\x02\x07\x00\x35answer", local)
+        assert assoc.recvfrom(timeout=5) == (b"answer", ("192.0.2.7", 53))
+        relay.sendto(b"\x00\x00", local)  # malformed: skipped
+        relay.sendto(b"\x00\x00\x00\x04" + bytes(15) + b"\x01\x00\x07v6", local)
+        assert assoc.recvfrom(timeout=5) == (b"v6", ("::1", 7))
+
+
+def test_bind_unspecified_address_means_the_proxy(scripted_proxy):
+    proxy = scripted_proxy(b"\x05\x00\x00\x01\x00\x00\x00\x00\x9c\x40")
+    with bind(proxy=proxy.url) as handle:
+        assert handle.bound == ("127.0.0.1", 40000)
+
+
 # -- raw probes ------------------------------------------------------------------------------
 
 
