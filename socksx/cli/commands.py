@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from socksx.cli.check import check
 from socksx.cli.config import config
+from socksx.cli.connect import connect
 from socksx.cli.passwd import passwd
 
-ALL: list[click.Command] = [passwd, config]
+ALL: list[click.Command] = [passwd, config, connect, check]
