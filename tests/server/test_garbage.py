@@ -151,8 +151,7 @@ def servers(make_server, echo_server, tmp_path: Path):
     resolver = resolver_for(echo_server.address)
     noauth = make_server(rules=rules, resolver=resolver)
     userpass = make_server(
-        f'auth = "userpass"\nusers_file = "{users}"\n'
-        "[limits]\nauth_failures_per_minute = 0\n",
+        f'auth = "userpass"\nusers_file = "{users}"\n[limits]\nauth_failures_per_minute = 0\n',
         rules=rules,
         resolver=resolver,
     )
