@@ -328,7 +328,7 @@ class Prober:
                         (method,), proxy=self.url, timeout=self.timeout, **self.tls
                     )
                 except ProxyConnectionError as exc:
-                    return UNSUPPORTED, f"no SOCKS5 answer ({exc})"
+                    return UNSUPPORTED, f"no SOCKS5 answer: {_why(exc)}"
                 if selected[method] == Method.NO_ACCEPTABLE:
                     return REFUSED, "method 0xff: not acceptable"
                 return OK, f"method {method:#04x} accepted"
@@ -399,7 +399,7 @@ class Prober:
         try:
             return self._connect("127.0.0.1", self.targets.tcp_port, 4)
         except ProxyConnectionError as exc:
-            return UNSUPPORTED, f"no SOCKS4 answer ({exc})"
+            return UNSUPPORTED, f"no SOCKS4 answer: {_why(exc)}"
 
     def _atyp(self, host: str) -> tuple[str, str]:
         from socksx.errors import ReplyError
@@ -471,6 +471,13 @@ class Prober:
         return run
 
 
+def _why(exc: BaseException) -> BaseException:
+    """The codec's own complaint when there is one (shorter than the wrapped message)."""
+    from socksx.errors import ProtocolError
+
+    return exc.__cause__ if isinstance(exc.__cause__, ProtocolError) else exc
+
+
 # -- output ----------------------------------------------------------------------------------
 
 _STYLE = {OK: "green", UNSUPPORTED: "yellow", REFUSED: "yellow", ERROR: "red",
@@ -488,9 +495,10 @@ def print_report(app: App, report: Report) -> None:
         from rich.text import Text
 
         table = Table(title=Text(f"socksx check {report.proxy}"), title_justify="left")
-        for name, justify in (("probe", "left"), ("result", "left"), ("detail", "left"),
-                              ("ms", "right")):
-            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column("probe")
+        table.add_column("result")
+        table.add_column("detail")
+        table.add_column("ms", justify="right")
         for p in report.probes:
             table.add_row(Text(p.label), Text(p.status, style=_STYLE.get(p.status, "")),
                           Text(p.detail), _rtt_text(p.rtt_ms))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import socket
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 
 import pytest
 
@@ -213,6 +215,45 @@ def test_method_not_offered(scripted_proxy):
     proxy = scripted_proxy(b"", method=b"\x05\x02")
     with pytest.raises(ProxyConnectionError, match="not offered"):
         connect("127.0.0.1", 80, proxy=proxy.url)
+
+
+@pytest.mark.parametrize(
+    ("reply", "method", "exc"),
+    [
+        (b"\x05\x05\x00\x01" + bytes(6), b"\x05\x00", ReplyError),
+        (b"\x05\x00\x00\x09" + bytes(6), b"\x05\x00", ProxyConnectionError),
+        (b"\x05\x00", b"\x05\x00", ProxyConnectionError),
+        (b"", b"\x05\xff", AuthenticationFailed),
+        (b"", b"\x05\x02", ProxyConnectionError),
+    ],
+    ids=["refused", "malformed", "closed", "no-method", "not-offered"],
+)
+def test_failures_close_the_socket(scripted_proxy, reply, method, exc):
+    proxy = scripted_proxy(reply, method=method, then_echo=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(exc):
+            connect("127.0.0.1", 80, proxy=proxy.url)
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_timeout_closes_the_socket(silent_listener):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(ProxyTimeoutError):
+            connect("127.0.0.1", 80, proxy=silent_listener, timeout=0.1)
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_leak_detection_works():
+    """The two tests above can fail: an unclosed socket does warn."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        socket.socket()
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)
 
 
 def test_no_proxy_configured(monkeypatch):
