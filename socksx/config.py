@@ -321,6 +321,9 @@ TOP_LEVEL = Section(
         "user": Key("", _optional_string, "user to switch to after binding", _unset_as_empty),
         "group": Key("", _optional_string, "group to switch to after binding", _unset_as_empty),
         "workers": Key(1, _workers, "worker processes", _dump_workers),
+        "zero_copy": Key(
+            True, _boolean, "relay TCP with splice(2) on Linux (false: copy in user space)"
+        ),
     },
 )
 
@@ -391,6 +394,7 @@ class Config:
     user: str | None
     group: str | None
     workers: int | None
+    zero_copy: bool = True
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     log: LogConfig = field(default_factory=LogConfig)

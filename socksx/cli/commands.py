@@ -8,5 +8,6 @@ from socksx.cli.check import check
 from socksx.cli.config import config
 from socksx.cli.connect import connect
 from socksx.cli.passwd import passwd
+from socksx.cli.server import server
 
-ALL: list[click.Command] = [passwd, config, connect, check]
+ALL: list[click.Command] = [server, connect, check, config, passwd]

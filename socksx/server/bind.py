@@ -18,7 +18,6 @@ from gevent import socket as gsocket
 from socksx.errors import PolicyDenied, UpstreamError
 from socksx.protocol.address import Address
 from socksx.protocol.constants import ReplyCode
-from socksx.server.relay import relay
 
 if TYPE_CHECKING:
     from socksx.server.session import Session
@@ -66,13 +65,7 @@ def handle(session: Session, request: object) -> None:
         peer_address = Address.from_ip(peer[0], peer[1])
         session.dst = f"{session.dst} <- {peer_address}"
         session.send_reply(ReplyCode.SUCCEEDED, peer_address)
-        session.result = relay(
-            session.sock,
-            peer_sock,
-            session,
-            server.config.timeouts.idle,
-            bytes(early),
-        )
+        session.relay_with(peer_sock, bytes(early))
     finally:
         peer_sock.close()
 

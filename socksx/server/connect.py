@@ -23,7 +23,6 @@ from gevent import socket as gsocket
 from socksx.errors import UpstreamError
 from socksx.protocol.address import Address
 from socksx.protocol.constants import ReplyCode
-from socksx.server.relay import relay
 
 if TYPE_CHECKING:
     from socksx.server.session import Session
@@ -103,12 +102,6 @@ def handle(session: Session, request: object) -> None:
     try:
         bound = upstream.getsockname()
         session.send_reply(ReplyCode.SUCCEEDED, Address.from_ip(bound[0], bound[1]))
-        session.result = relay(
-            session.sock,
-            upstream,
-            session,
-            session.server.config.timeouts.idle,
-            session.take_trailing(),
-        )
+        session.relay_with(upstream, session.take_trailing())
     finally:
         upstream.close()

@@ -39,6 +39,7 @@ from socksx.protocol.messages import (
     UserPassRequest,
 )
 from socksx.protocol.socks4 import Socks4Reply, Socks4Request
+from socksx.server.relay import relay
 
 if TYPE_CHECKING:
     from socksx.server.server import Listener, Server
@@ -226,6 +227,13 @@ class Session:
     def send(self, message: object) -> None:
         """Send an extension reply or notice through the state machine."""
         self.sock.sendall(self.conn.send(message))
+
+    def relay_with(self, upstream: gsocket.socket, pending: bytes) -> None:
+        """Relay the client and *upstream* to the end; the outcome becomes the result."""
+        config = self.server.config
+        self.result = relay(
+            self.sock, upstream, self, config.timeouts.idle, pending, config.zero_copy
+        )
 
     def take_trailing(self) -> bytes:
         """Client bytes that arrived after the request (pipelined data)."""
