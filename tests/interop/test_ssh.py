@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shlex
 import shutil
 import socket
 import subprocess
@@ -176,7 +177,7 @@ def run_ssh(argv: list[str], sshd: Sshd) -> str:
 def proxy_command(server, *extra: str) -> str:
     host, port = server.address
     words = [sys.executable, "-m", "socksx", "connect", "%h:%p", "--via", f"{host}:{port}"]
-    return " ".join([*words, *extra])
+    return shlex.join([*words, *extra])
 
 
 def test_ssh_proxycommand_socksx_connect(sshd, socks_server, socksx_connect_available):
