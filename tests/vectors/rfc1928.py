@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from socksx.protocol.address import Address
-from socksx.protocol.constants import Command, Method, ReplyCode
+from socksx.protocol.constants import REPLY_TEXT, Command, Method, ReplyCode
 from socksx.protocol.errors import (
     MalformedMessage,
     UnsupportedAddressType,
@@ -198,7 +198,7 @@ REPLIES = [
     ),
     *(
         Vector(
-            f"REP {code:02x}: {code.name.lower().replace('_', ' ')}",
+            f"REP {code:02x}: {REPLY_TEXT[code]}",
             f"05 {code:02x} 00 01 00000000 0000",
             Reply(code, ZERO),
             S6,
