@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from socksx.cli._app import App
+
+if TYPE_CHECKING:
+    from socksx.config import Config
 
 
 @click.command(short_help="Run the SOCKS server.")
@@ -26,8 +29,11 @@ from socksx.cli._app import App
 )
 @click.option("--auth", type=click.Choice(["none", "userpass"]), help="Client authentication.")
 @click.option("--users", "users_file", type=click.Path(dir_okay=False), help="Users file.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Session log line format.")
 @click.option(
-    "--log-format", type=click.Choice(["text", "json"]), help="Session log line format."
+    "--workers",
+    metavar="N|auto",
+    help="Worker processes sharing the listen addresses (SO_REUSEPORT); auto = one per core.",
 )
 @click.pass_obj
 def server(
@@ -38,6 +44,7 @@ def server(
     auth: str | None,
     users_file: str | None,
     log_format: str | None,
+    workers: str | None,
 ) -> None:
     """Run the SOCKS server until SIGTERM or SIGINT.
 
@@ -46,6 +53,7 @@ def server(
     from socksx.config import load, with_overrides
     from socksx.log import setup_logging
     from socksx.server.server import Server, drop_privileges, raise_nofile_limit
+    from socksx.server.workers import Supervisor, worker_count
 
     overrides: dict[str, Any] = {}
     if listen:
@@ -54,14 +62,41 @@ def server(
         overrides["auth"] = auth
     if users_file:
         overrides["users_file"] = users_file
+    if workers:
+        overrides["workers"] = "auto" if workers == "auto" else _int_or_text(workers)
     config = with_overrides(load(config_path), **overrides)
     log = config.log
     level = "debug" if app.verbosity > 0 else log.level
     setup_logging(log_format or log.format, log.target, level, log.syslog_address)
     raise_nofile_limit(config.limits.max_sessions)
-    srv = Server(config)
-    srv.start()
-    drop_privileges(config.user, config.group)
-    if overrides:
-        srv.set_overrides(lambda cfg: with_overrides(cfg, **overrides))
-    srv.serve_forever()
+
+    def reapply(cfg: Config) -> Config:
+        return with_overrides(cfg, **overrides)
+
+    count = worker_count(config)
+    if count == 1:
+        srv = Server(config)
+        srv.start()
+        drop_privileges(config.user, config.group)
+        if overrides:
+            srv.set_overrides(reapply)
+        srv.serve_forever()
+        return
+
+    def run_worker(sockets: list) -> None:
+        srv = Server(config)
+        if overrides:
+            srv.set_overrides(reapply)
+        srv.start(sockets)
+        srv.serve_forever()
+
+    supervisor = Supervisor(
+        config, count, run_worker, lambda: drop_privileges(config.user, config.group)
+    )
+    supervisor.bind()
+    supervisor.serve_forever()
+
+
+def _int_or_text(text: str) -> int | str:
+    # Let config validation produce the one error message for a bad value.
+    return int(text) if text.isdigit() else text

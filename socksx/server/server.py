@@ -34,7 +34,7 @@ from socksx.server.rules import RuleSet
 from socksx.server.session import HANDLERS, Session
 from socksx.server.stats import ServerStats
 
-__all__ = ["Listener", "Resolver", "Server"]
+__all__ = ["Listener", "Resolver", "Server", "bind_listen_socket"]
 
 Resolver = Callable[[str, int], list[tuple[int, tuple]]]
 
@@ -56,26 +56,37 @@ def system_resolver(host: str, port: int) -> list[tuple[int, tuple]]:
     return out
 
 
-class Listener:
-    """One listening address; ``auth`` is what it requires of clients."""
+def bind_listen_socket(
+    host: str, port: int, source: str, *, reuseport: bool = False
+) -> gsocket.socket:
+    """A listening TCP socket on (host, port).
 
-    def __init__(self, server: Server, host: str, port: int, auth: str) -> None:
+    Raises:
+        ConfigError: the address cannot be bound (names it and the reason).
+    """
+    family = gsocket.AF_INET6 if ":" in host else gsocket.AF_INET
+    sock = gsocket.socket(family, gsocket.SOCK_STREAM)
+    try:
+        sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEPORT, 1)
+        if family == gsocket.AF_INET6:
+            sock.setsockopt(gsocket.IPPROTO_IPV6, gsocket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        msg = f"cannot listen on {_fmt((host, port))}: {(exc.strerror or str(exc)).lower()}"
+        raise ConfigError([ConfigProblem(source, "listen", msg)]) from exc
+    return sock
+
+
+class Listener:
+    """One listening socket; ``auth`` is what it requires of clients."""
+
+    def __init__(self, server: Server, sock: gsocket.socket, auth: str) -> None:
         self.server = server
         self.auth = auth
-        family = gsocket.AF_INET6 if ":" in host else gsocket.AF_INET
-        sock = gsocket.socket(family, gsocket.SOCK_STREAM)
-        sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
-        if family == gsocket.AF_INET6:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(gsocket.IPPROTO_IPV6, gsocket.IPV6_V6ONLY, 1)
-        try:
-            sock.bind((host, port))
-            sock.listen(1024)
-        except OSError as exc:
-            sock.close()
-            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            msg = f"cannot listen on {where}: {(exc.strerror or str(exc)).lower()}"
-            raise ConfigError([ConfigProblem(server.config.source, "listen", msg)]) from exc
         self.stream = StreamServer(sock, self._handle, spawn=server.pool)
         self.address: tuple[str, int] = sock.getsockname()[:2]
 
@@ -168,20 +179,22 @@ class Server:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Bind every listener and start accepting.
+    def start(self, sockets: list[gsocket.socket] | None = None) -> None:
+        """Bind every listener (or adopt pre-bound *sockets*, one per address) and accept.
 
         Raises:
             ConfigError: a listen address cannot be bound (names the address and the reason).
         """
-        try:
-            for host, port in self.config.listen:
-                self.listeners.append(Listener(self, host, port, self.config.auth))
-        except ConfigError:
-            for listener in self.listeners:
-                listener.stream.close()
-            self.listeners.clear()
-            raise
+        if sockets is None:
+            sockets = []
+            try:
+                for host, port in self.config.listen:
+                    sockets.append(bind_listen_socket(host, port, self.config.source))
+            except ConfigError:
+                for sock in sockets:
+                    sock.close()
+                raise
+        self.listeners = [Listener(self, sock, self.config.auth) for sock in sockets]
         for listener in self.listeners:
             listener.stream.start()
         for listener in self.listeners:
