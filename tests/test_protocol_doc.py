@@ -14,7 +14,6 @@ import pytest
 
 from socksx.config import Timeouts
 from socksx.protocol.constants import REPLY_TEXT, Command, Method, Notice, ReplyCode, Socks4Code
-from tests.vectors import rfc1928, rfc1929, socks4, udp
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_PATH = ROOT / "docs" / "PROTOCOL.md"
@@ -33,12 +32,14 @@ def _load_tool():
 
 render_vectors = _load_tool()
 
-ALL_VECTORS = [
-    vector
-    for module in (rfc1928, rfc1929, socks4, udp)
-    for table in (*module.TABLES.values(), *module.ERROR_TABLES.values())
-    for vector in table
-]
+ALL_VECTORS = [vector for table in render_vectors.tables().values() for vector in table]
+
+
+def test_vector_tables_include_the_standard_protocol() -> None:
+    modules = {module.__name__ for module in render_vectors.vector_modules()}
+    assert {f"tests.vectors.{name}" for name in ("rfc1928", "rfc1929", "socks4", "udp")} <= modules
+    names = set(render_vectors.tables())
+    assert {"rfc1928-requests", "rfc1929-requests", "socks4-requests", "udp-datagrams"} <= names
 
 
 @pytest.mark.parametrize("vector", ALL_VECTORS, ids=lambda v: f"{v.source}: {v.name}")

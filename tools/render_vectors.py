@@ -10,15 +10,19 @@ Without options the script prints every table, each under its marker.
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import tests.vectors  # noqa: E402
 from socksx.protocol.address import Address  # noqa: E402
 from socksx.protocol.constants import (  # noqa: E402
     REPLY_TEXT,
@@ -37,9 +41,19 @@ from socksx.protocol.messages import (  # noqa: E402
     UserPassRequest,
 )
 from socksx.protocol.socks4 import Socks4Reply, Socks4Request  # noqa: E402
-from tests.vectors import Datagram, ErrorVector, Vector, rfc1928, rfc1929, socks4, udp  # noqa: E402
+from tests.vectors import Datagram, ErrorVector, Vector  # noqa: E402
 
-MODULES = (rfc1928, rfc1929, socks4, udp)
+
+def vector_modules() -> list[ModuleType]:
+    """Every module of tests/vectors, by name.
+
+    A module contributes ``TABLES`` and ``ERROR_TABLES``; an extension's module may also define
+    ``describe(msg) -> str | None`` for its own message types and an ``ON_THE_WIRE`` dict for
+    its error tables, so adding an extension never means editing this script.
+    """
+    names = sorted(m.name for m in pkgutil.iter_modules(tests.vectors.__path__))
+    return [importlib.import_module(f"tests.vectors.{name}") for name in names]
+
 
 METHOD_TEXT = {
     Method.NO_AUTH: "no authentication required",
@@ -69,7 +83,16 @@ def _address(address: Address) -> str:
 
 
 def describe(msg: object) -> str:
-    """One line saying what a vector decodes to, in the document's words."""
+    """One line saying what a vector decodes to, in the document's words.
+
+    Raises:
+        TypeError: no module knows how to describe *msg*.
+    """
+    for module in vector_modules():
+        hook = getattr(module, "describe", None)
+        text = hook(msg) if hook is not None else None
+        if text is not None:
+            return text
     match msg:
         case Greeting(methods=methods):
             offers = ", ".join(
@@ -134,6 +157,14 @@ ON_THE_WIRE: dict[str, Callable[[ErrorVector], str]] = {
 }
 
 
+def _on_the_wire(name: str) -> Callable[[ErrorVector], str]:
+    for module in vector_modules():
+        extra = getattr(module, "ON_THE_WIRE", {})
+        if name in extra:
+            return extra[name]
+    return ON_THE_WIRE[name]
+
+
 def render_table(name: str, vectors: list[Vector] | list[ErrorVector]) -> str:
     """The markdown table of one list of vectors.
 
@@ -141,7 +172,7 @@ def render_table(name: str, vectors: list[Vector] | list[ErrorVector]) -> str:
         KeyError: an error table with no ``ON_THE_WIRE`` entry.
     """
     if vectors and isinstance(vectors[0], ErrorVector):
-        wire = ON_THE_WIRE[name]
+        wire = _on_the_wire(name)
         lines = [
             "| Case | Octets (hex) | Refused with | `.reply` | On the wire |",
             "|---|---|---|---|---|",
@@ -164,7 +195,7 @@ def render_table(name: str, vectors: list[Vector] | list[ErrorVector]) -> str:
 def tables() -> dict[str, list[Vector] | list[ErrorVector]]:
     """Every vector table, by block name, in module order."""
     out: dict[str, list[Vector] | list[ErrorVector]] = {}
-    for module in MODULES:
+    for module in vector_modules():
         out.update(module.TABLES)
         out.update(module.ERROR_TABLES)
     return out

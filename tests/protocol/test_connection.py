@@ -328,6 +328,14 @@ def test_states_that_owe_an_answer_pause_even_with_bytes_buffered(state) -> None
     assert conn.state is state
 
 
+def test_sentinels_and_events_have_readable_reprs() -> None:
+    assert (repr(NEED_DATA), repr(PAUSED), repr(ConnectionClosed())) == (
+        "NEED_DATA",
+        "PAUSED",
+        "ConnectionClosed()",
+    )
+
+
 def test_closed_reports_connection_closed_forever() -> None:
     conn = at_closed()
     conn.receive_data(CONNECT)

@@ -242,3 +242,23 @@ def test_every_method_selection_round_trips(method) -> None:
 def test_out_of_range_fields_raise_local_protocol_error(build) -> None:
     with pytest.raises(LocalProtocolError):
         build()
+
+
+# -- the reader every parser is built on ------------------------------------------------------
+
+
+def test_reader_consumes_nothing_when_short() -> None:
+    r = Reader(b"\x01\x02\x03", 1)
+    assert r.remaining() == 2
+    assert r.take(3) is None
+    assert r.u16() == 0x0203
+    assert (r.u8(), r.u16(), r.take(1), r.remaining()) == (None, None, None, 0)
+
+
+def test_reader_until_finds_the_terminator_within_the_limit() -> None:
+    r = Reader(b"ab\0cd")
+    assert r.until(0, 2) == b"ab"
+    assert r.pos == 3
+    assert Reader(b"abc").until(0, 3) is None
+    with pytest.raises(ValueError, match="no terminator within 3 bytes"):
+        Reader(b"abcd").until(0, 3)
