@@ -156,7 +156,7 @@ def test_request_version_is_checked_on_the_first_octet() -> None:
 
 @pytest.mark.parametrize("code", [0x05, 0x06, 0x07, 0x08, 0x09])
 def test_extension_command_without_a_reader_is_refused_with_rep_07(code, monkeypatch) -> None:
-    """PROTOCOL.md §1: a server that does not implement an extension command answers REP 07."""
+    """PROTOCOL.md introduction: an unimplemented extension command is answered with REP 07."""
     monkeypatch.delitem(REQUEST_READERS, code, raising=False)
     with pytest.raises(UnsupportedCommand) as info:
         maybe_read_request(bytes([5, code, 0]) + bytes.fromhex("01 c0000201 0050"))
