@@ -137,7 +137,7 @@ def send_and_expect_close(address: tuple[str, int], data: bytes) -> bytes:
             sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             # the server may already have refused and closed while we were still writing
-            if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                 raise
         return read_until_closed(sock)
 
