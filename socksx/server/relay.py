@@ -13,17 +13,21 @@ holds no pipe. Elsewhere (or with ``zero_copy = false``) each pump copies throug
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from collections.abc import Callable
 from typing import Protocol
 
 import gevent
 from gevent import socket as gsocket
+from gevent.event import Event
 
 __all__ = ["SPLICE_AVAILABLE", "Counters", "relay"]
 
-CHUNK = 65536
+CHUNK = 65536  #: user-space copy buffer, one per direction
+PIPE_SIZE = 262144  #: splice pipe capacity (F_SETPIPE_SZ) and the most moved per event
 SPLICE_AVAILABLE = hasattr(os, "splice") and hasattr(os, "pipe2")
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if SPLICE_AVAILABLE else 0
 _READ, _WRITE = 1, 2  # libev event masks
 
@@ -33,10 +37,6 @@ class Counters(Protocol):
 
     bytes_up: int
     bytes_down: int
-
-
-class _Idle(Exception):
-    """Raised by a wait that outlived the idle timeout."""
 
 
 class _Shared:
@@ -57,6 +57,11 @@ class _Shared:
             return True
         self.timed_out = True
         return False
+
+
+def _io_error(exc: BaseException) -> str:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"io-error: {(reason or type(exc).__name__).lower()}"
 
 
 def _count(counters: Counters, upward: bool, n: int) -> None:
@@ -89,61 +94,175 @@ def _copy_pump(
         shared.last = loop.now()
 
 
-def _splice_pump(
-    src: gsocket.socket, dst: gsocket.socket, counters: Counters, upward: bool, shared: _Shared
-) -> None:
-    """Move src -> dst with splice(2) through a pipe until EOF (or idle)."""
-    loop = shared.loop
-    sfd, dfd = src.fileno(), dst.fileno()
-    readable = loop.io(sfd, _READ)
-    writable = loop.io(dfd, _WRITE)
-    wait = gsocket.wait
-    splice = os.splice
-    flags = _SPLICE_FLAGS
-    idle = shared.idle
-    pipe_r = pipe_w = -1
-    try:
-        while True:
-            if pipe_w < 0:
-                # No pipe until there is something to move: idle sessions hold no pipe.
-                try:
-                    wait(readable, idle, _Idle)
-                except _Idle:
-                    if shared.still_busy():
-                        continue
-                    return
-                pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+class _Flow:
+    """One direction of the splice relay, driven by libev callbacks (no greenlet of its own)."""
+
+    __slots__ = (
+        "buffered",
+        "counters",
+        "dfd",
+        "done",
+        "dst",
+        "eof",
+        "pipe_r",
+        "pipe_w",
+        "reader",
+        "relay",
+        "sfd",
+        "upward",
+        "writer",
+    )
+
+    def __init__(
+        self, relay: _SpliceRelay, src: gsocket.socket, dst: gsocket.socket, upward: bool
+    ) -> None:
+        self.relay = relay
+        self.dst = dst
+        self.sfd, self.dfd = src.fileno(), dst.fileno()
+        self.counters = relay.counters
+        self.upward = upward
+        self.reader = relay.loop.io(self.sfd, _READ)
+        self.writer = relay.loop.io(self.dfd, _WRITE)
+        self.pipe_r = self.pipe_w = -1
+        self.buffered = 0  # bytes in the pipe, not yet written to dst
+        self.eof = False
+        self.done = False
+
+    def start(self) -> None:
+        self.reader.start(self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            if self.pipe_w < 0:
+                # Made on first data: a session that never talks holds no pipe.
+                self.pipe_r, self.pipe_w = _make_pipe()
             try:
-                n = splice(sfd, pipe_w, CHUNK, flags=flags)
+                n = os.splice(self.sfd, self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
             except BlockingIOError:
-                try:
-                    wait(readable, idle, _Idle)
-                except _Idle:
-                    if shared.still_busy():
-                        continue
-                    return
-                continue
-            if not n:
                 return
-            left = n
-            while left:
-                try:
-                    left -= splice(pipe_r, dfd, left, flags=flags)
-                except BlockingIOError:
-                    try:
-                        wait(writable, idle, _Idle)
-                    except _Idle:
-                        # The destination has not drained for the whole idle time: give up.
-                        shared.timed_out = True
-                        return
-            _count(counters, upward, n)
-            shared.last = loop.now()
-    finally:
-        readable.close()
-        writable.close()
-        if pipe_w >= 0:
-            os.close(pipe_r)
-            os.close(pipe_w)
+            if n:
+                self.buffered = n
+                self.relay.last = self.relay.loop.now()
+                if not self._push():
+                    return
+            else:
+                self.eof = True
+                self._finish()
+        except OSError as exc:
+            self.relay.fail(exc)
+
+    def _push(self) -> bool:
+        """Write the pipe out; False (and wait for writability) if dst would block."""
+        while self.buffered:
+            try:
+                m = os.splice(self.pipe_r, self.dfd, self.buffered, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                self.reader.stop()
+                self.writer.start(self._on_writable)
+                return False
+            self.buffered -= m
+            if self.upward:
+                self.counters.bytes_up += m
+            else:
+                self.counters.bytes_down += m
+        return True
+
+    def _on_writable(self) -> None:
+        try:
+            if self._push():
+                self.writer.stop()
+                self.relay.last = self.relay.loop.now()
+                self.reader.start(self._on_readable)
+        except OSError as exc:
+            self.relay.fail(exc)
+
+    def _finish(self) -> None:
+        self.reader.stop()
+        self.done = True
+        # Propagate EOF; the destination may be gone already, then nobody is left to tell.
+        with contextlib.suppress(OSError):
+            self.dst.shutdown(gsocket.SHUT_WR)
+        self.relay.flow_done()
+
+    def close(self) -> None:
+        self.reader.stop()
+        self.writer.stop()
+        self.reader.close()
+        self.writer.close()
+        if self.pipe_w >= 0:
+            os.close(self.pipe_r)
+            os.close(self.pipe_w)
+            self.pipe_r = self.pipe_w = -1
+
+
+def _make_pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+    return r, w
+
+
+class _SpliceRelay:
+    """Both directions as libev callbacks; the session greenlet only waits for the end."""
+
+    __slots__ = (
+        "counters",
+        "done",
+        "down",
+        "error",
+        "idle",
+        "last",
+        "loop",
+        "result",
+        "timer",
+        "up",
+    )
+
+    def __init__(
+        self, client: gsocket.socket, upstream: gsocket.socket, counters: Counters, idle: float
+    ) -> None:
+        self.loop = gevent.get_hub().loop
+        self.counters = counters
+        self.idle = idle
+        self.last = self.loop.now()
+        self.done = Event()
+        self.result = "ok"
+        self.up = _Flow(self, client, upstream, True)
+        self.down = _Flow(self, upstream, client, False)
+        self.timer = self.loop.timer(idle)
+
+    def run(self) -> str:
+        try:
+            self.up.start()
+            self.down.start()
+            self.timer.start(self._on_timer)
+            self.done.wait()
+        finally:
+            self.up.close()
+            self.down.close()
+            self.timer.stop()
+            self.timer.close()
+        return self.result
+
+    def _on_timer(self) -> None:
+        quiet = self.loop.now() - self.last
+        if quiet >= self.idle:
+            self.result = "idle-timeout"
+            self.done.set()
+            return
+        # Activity since the timer was armed: sleep for the rest of the idle period.
+        self.timer.close()
+        self.timer = self.loop.timer(self.idle - quiet)
+        self.timer.start(self._on_timer)
+
+    def flow_done(self) -> None:
+        if self.up.done and self.down.done:
+            self.done.set()
+
+    def fail(self, exc: OSError) -> None:
+        if not self.done.is_set():
+            self.result = _io_error(exc)
+            self.done.set()
 
 
 Pump = Callable[[gsocket.socket, gsocket.socket, Counters, bool, _Shared], None]
@@ -177,8 +296,16 @@ def relay(
     *pending* is client data that arrived with the request (pipelined) and goes first.
     Returns the session result: "ok", "idle-timeout" or "io-error: ...". Never raises OSError.
     """
+    if zero_copy and SPLICE_AVAILABLE:
+        if pending:
+            try:
+                upstream.sendall(pending)
+            except OSError as exc:
+                return _io_error(exc)
+            counters.bytes_up += len(pending)
+        return _SpliceRelay(client, upstream, counters, idle).run()
     shared = _Shared(idle)
-    pump: Pump = _splice_pump if zero_copy and SPLICE_AVAILABLE else _copy_pump
+    pump: Pump = _copy_pump
     client.settimeout(idle)
     upstream.settimeout(idle)
 
@@ -210,9 +337,7 @@ def relay(
     finally:
         child.kill()
     if shared.error is not None:
-        exc = shared.error
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return f"io-error: {(reason or type(exc).__name__).lower()}"
+        return _io_error(shared.error)
     if shared.timed_out:
         return "idle-timeout"
     return "ok"
