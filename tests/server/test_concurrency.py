@@ -13,6 +13,8 @@ import selectors
 import socket
 import time
 
+import pytest
+
 from tests.server.socks_raw import socks5_connect
 
 SESSIONS = 200
@@ -75,8 +77,9 @@ def wait_for_stats(server, sessions: int, within: float = 10.0) -> dict:
         time.sleep(0.05)
 
 
-def test_200_sessions_one_mebibyte_each_way(make_server, echo_server):
-    server = make_server("[limits]\nmax_sessions_per_client = 0\n")
+@pytest.mark.parametrize("zero_copy", ["true", "false"])
+def test_200_sessions_one_mebibyte_each_way(make_server, echo_server, zero_copy):
+    server = make_server(f"zero_copy = {zero_copy}\n[limits]\nmax_sessions_per_client = 0\n")
     pool = memoryview(os.urandom(SIZE + SESSIONS * STRIDE))
     deadline = time.monotonic() + DEADLINE
     flows = [

@@ -99,8 +99,10 @@ def exchange_1000_each_way(proxy: tuple[str, int], echo: tuple[str, int]) -> tup
     return local
 
 
-def test_one_line_with_exact_counts(socks_server, echo_server, capture):
-    local = exchange_1000_each_way(socks_server.address, echo_server.address)
+@pytest.mark.parametrize("zero_copy", ["true", "false"])
+def test_one_line_with_exact_counts(make_server, echo_server, capture, zero_copy):
+    server = make_server(f"zero_copy = {zero_copy}\n")
+    local = exchange_1000_each_way(server.address, echo_server.address)
     (line,) = capture.session_lines(1)
     fields = fields_of(line)
     assert set(SESSION_FIELDS) <= set(fields)

@@ -7,6 +7,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from tests.conftest import recv_exactly
 from tests.server.socks_raw import negotiate, socks5_connect
 
@@ -129,8 +131,9 @@ def test_handshake_timeout_bounds_the_whole_handshake_not_each_byte(make_server)
     assert wait_until(lambda: results(server).get("handshake-timeout") == 1)
 
 
-def test_idle_relay_is_closed(make_server, echo_server):
-    server = make_server("[timeouts]\nidle = 0.5\n")
+@pytest.mark.parametrize("zero_copy", ["true", "false"])
+def test_idle_relay_is_closed(make_server, echo_server, zero_copy):
+    server = make_server(f"zero_copy = {zero_copy}\n[timeouts]\nidle = 0.5\n")
     with socks5_connect(server.address, *echo_server.address) as sock:
         sock.sendall(b"x")
         assert recv_exactly(sock, 1) == b"x"
@@ -140,9 +143,10 @@ def test_idle_relay_is_closed(make_server, echo_server):
     assert wait_until(lambda: results(server).get("idle-timeout") == 1)
 
 
-def test_traffic_in_one_direction_keeps_a_relay_alive(make_server):
+@pytest.mark.parametrize("zero_copy", ["true", "false"])
+def test_traffic_in_one_direction_keeps_a_relay_alive(make_server, zero_copy):
     """A download with a silent client is not idle."""
-    server = make_server("[timeouts]\nidle = 0.5\n")
+    server = make_server(f"zero_copy = {zero_copy}\n[timeouts]\nidle = 0.5\n")
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
