@@ -1157,23 +1157,30 @@ def profile(args: argparse.Namespace, tmp: Path) -> int:
 
 
 def summarise_pyspy(path: Path) -> None:
-    """Self and inclusive sample counts per function from py-spy's collapsed stacks."""
+    """Self and inclusive shares per function (and self per line) from py-spy's raw stacks."""
+    by_line: dict[str, int] = {}
     own: dict[str, int] = {}
     incl: dict[str, int] = {}
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
+        frames = [f.strip() for f in stack.split(";") if f.strip()]
+        if not count.isdigit() or not frames:
             continue
         n = int(count)
         total += n
-        frames = [re.sub(r"\s+", " ", f) for f in stack.split(";")]
-        own[frames[-1]] = own.get(frames[-1], 0) + n
-        for frame in set(frames):
-            incl[frame] = incl.get(frame, 0) + n
-    print(f"\n{total} samples")
-    for title, table in (("self", own), ("inclusive", incl)):
-        print(f"\n## top 25 by {title} samples")
+        by_line[frames[-1]] = by_line.get(frames[-1], 0) + n
+        functions = [re.sub(r":\d+\)$", ")", f) for f in frames]
+        own[functions[-1]] = own.get(functions[-1], 0) + n
+        for function in set(functions):
+            incl[function] = incl.get(function, 0) + n
+    print(f"\n{total} samples of the server while it ran Python code (idle time not sampled)")
+    for title, table in (
+        ("self, per function", own),
+        ("self, per line", by_line),
+        ("inclusive, per function", incl),
+    ):
+        print(f"\n## top 25 by {title}")
         for frame, n in sorted(table.items(), key=lambda kv: -kv[1])[:25]:
             print(f"{100 * n / max(total, 1):5.1f}%  {frame}")
 
