@@ -310,3 +310,58 @@ def test_oversized_socks4_userid_is_refused_and_closed(servers):
     answer = send_and_expect_close(servers["noauth"].address, data)
     # the reply may be lost to the RST that closing with unread bytes causes; a close is enough
     assert answer == b"" or answer[:2] == b"\x00\x5b", answer
+
+
+# -- connections that die mid-relay ------------------------------------------------------------
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0) instead of FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def relay_to_listener(server, listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+    client = socks5_connect(server.address, *listener.getsockname())
+    peer, _ = listener.accept()
+    peer.settimeout(10)
+    client.sendall(b"ping")
+    assert recv_exactly(peer, 4) == b"ping"
+    peer.sendall(b"pong")
+    assert recv_exactly(client, 4) == b"pong"
+    return client, peer
+
+
+SHUTDOWN_THROWS = (
+    "server bug (relay.py, copy path): relay() wakes the pump blocked on the client with "
+    "client.shutdown(SHUT_RDWR), but gevent's shutdown() throws cancel_wait_ex (EBADF 'file "
+    "descriptor was closed in another greenlet') into that greenlet, which relay() then stores "
+    "as the session's error, replacing the real cause"
+)
+
+
+@pytest.mark.parametrize(
+    ("who", "zero_copy"),
+    [
+        ("upstream", "true"),
+        pytest.param(
+            "upstream", "false", marks=pytest.mark.xfail(strict=True, reason=SHUTDOWN_THROWS)
+        ),
+        ("client", "true"),
+        ("client", "false"),
+    ],
+)
+def test_reset_mid_relay_ends_the_session_cleanly(make_server, socksx_records, who, zero_copy):
+    server = make_server(f"zero_copy = {zero_copy}\n")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client, peer = relay_to_listener(server, listener)
+        survivor = client if who == "upstream" else peer
+        with survivor:
+            reset(peer if who == "upstream" else client)
+            read_until_closed(survivor)  # the other side is closed too, promptly
+    assert_no_sessions_left({"server": server})
+    (line,) = [r for r in socksx_records.records if r.getMessage() == "session"]
+    assert line.fields["result"] == "io-error: connection reset by peer"  # type: ignore[attr-defined]
+    assert not socksx_records.internal_errors()

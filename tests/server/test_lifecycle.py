@@ -257,6 +257,8 @@ def test_sigterm_stops_accepting_and_lets_a_session_finish_its_grace(run_server,
         assert time.monotonic() - started < 8
     assert server.proc.wait(10) == 0
     server.wait_for(lambda line: "ending 1 sessions" in line, after=mark)
+    # the ended session still writes its one session line
+    server.wait_for(lambda line: " info session " in line and "result=killed" in line, after=mark)
     server.wait_for(lambda line: line.endswith(" stopped"), after=mark)
 
 
