@@ -515,3 +515,17 @@ def test_state_dump_reports_each_sessions_age(make_server, echo_server, socksx_r
     (session,) = [r for r in socksx_records if r.getMessage() == "state session"]
     assert (session.fields["up"], session.fields["down"]) == (3, 3)  # type: ignore[attr-defined]
     assert 0 <= session.fields["age"] < 60  # type: ignore[attr-defined]
+
+
+def test_reload_with_a_broken_users_file_keeps_the_old_users(
+    make_server, tmp_path: Path, socksx_records
+):
+    users = tmp_path / "users"
+    write_users(users, {"alice": b"pw"})
+    server = make_server(f'auth = "userpass"\nusers_file = "{users}"\n')
+    users.write_text("alice:not-a-hash\n")
+    assert server.call(server.server.reload) is False
+    refused = [r.getMessage() for r in socksx_records if "reload refused" in r.getMessage()]
+    assert len(refused) == 1
+    assert str(users) in refused[0]
+    assert login_status(server.address, b"alice", b"pw") == b"\x01\x00"
