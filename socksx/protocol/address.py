@@ -11,42 +11,67 @@ ATYP 01: 4 octets IPv4; 03: one length octet then that many octets of name; 04: 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from socksx.protocol.buffer import Reader
-from socksx.protocol.constants import MAX_DOMAIN_LENGTH, Atyp
+from socksx.protocol.constants import MAX_DOMAIN_LENGTH, MAX_LABEL_LENGTH, Atyp
 from socksx.protocol.errors import LocalProtocolError, MalformedMessage, UnsupportedAddressType
 
-__all__ = ["Address", "maybe_read_address", "read_address_from"]
+__all__ = ["Address", "maybe_read_address", "name_problem", "read_address_from"]
+
+
+def name_problem(name: str) -> str | None:
+    """Why *name* cannot be a host name on the wire (None when it can).
+
+    A name is 1..255 octets of labels of 1..63 octets (one trailing dot allowed): what DNS can
+    carry. Parsers refuse the rest, so every decoded name re-encodes to the same octets.
+    """
+    if len(name) > MAX_DOMAIN_LENGTH:
+        return f"host name of {len(name)} octets exceeds {MAX_DOMAIN_LENGTH}"
+    labels = (name[:-1] if name.endswith(".") and len(name) > 1 else name).split(".")
+    if any(not 0 < len(label) <= MAX_LABEL_LENGTH for label in labels):
+        return f"host name {name!r} has an empty label or one over {MAX_LABEL_LENGTH} octets"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class Address:
     """A host (IP literal or domain name) and a port.
 
-    ``host`` is kept as text: an IPv4/IPv6 literal in canonical form, or a domain name. The
-    ATYP follows from it, so there is one way to spell each address.
+    ``host`` is kept as text: an IP literal is canonicalised (lower case, compressed, no scope
+    id) and a non-ASCII name is IDNA-encoded, so there is one spelling per wire address and
+    decode(encode(a)) == a. The ATYP follows from the host.
     """
 
     host: str
     port: int
+    atyp: Atyp = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 0xFFFF:
-            msg = f"port {self.port} out of range 0..65535"
+        if not isinstance(self.port, int) or not 0 <= self.port <= 0xFFFF:
+            msg = f"port {self.port!r} out of range 0..65535"
             raise LocalProtocolError(msg)
-        if not self.host:
+        host = self.host
+        if not host:
             msg = "empty host"
             raise LocalProtocolError(msg)
-
-    @property
-    def atyp(self) -> Atyp:
-        """The address type this host is sent as."""
         try:
-            ip = ipaddress.ip_address(self.host)
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
-            return Atyp.DOMAINNAME
-        return Atyp.IPV4 if ip.version == 4 else Atyp.IPV6
+            if not host.isascii():
+                try:
+                    host = host.encode("idna").decode("ascii")
+                except UnicodeError as exc:
+                    msg = f"host name {self.host!r} cannot be IDNA-encoded"
+                    raise LocalProtocolError(msg) from exc
+            problem = name_problem(host)
+            if problem:
+                raise LocalProtocolError(problem) from None
+            object.__setattr__(self, "host", host)
+            object.__setattr__(self, "atyp", Atyp.DOMAINNAME)
+            return
+        object.__setattr__(self, "host", str(ip))
+        object.__setattr__(self, "atyp", Atyp.IPV4 if ip.version == 4 else Atyp.IPV6)
 
     @property
     def is_ip(self) -> bool:
@@ -56,33 +81,18 @@ class Address:
     @classmethod
     def from_ip(cls, host: str, port: int) -> Address:
         """Build from a socket address, normalising IPv4-mapped IPv6 and scope ids away."""
-        host = host.split("%", 1)[0]
-        ip = ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         return cls(str(ip), port)
 
     def to_bytes(self) -> bytes:
-        """ATYP | ADDR | PORT.
-
-        Raises:
-            LocalProtocolError: a domain name longer than 255 octets or not ASCII/IDNA-encodable.
-        """
+        """ATYP | ADDR | PORT."""
         port = self.port.to_bytes(2, "big")
-        try:
-            ip = ipaddress.ip_address(self.host)
-        except ValueError:
-            try:
-                name = self.host.encode("idna")
-            except UnicodeError as exc:
-                msg = f"host name {self.host!r} cannot be encoded"
-                raise LocalProtocolError(msg) from exc
-            if len(name) > MAX_DOMAIN_LENGTH:
-                msg = f"host name of {len(name)} octets exceeds {MAX_DOMAIN_LENGTH}"
-                raise LocalProtocolError(msg) from None
+        if self.atyp is Atyp.DOMAINNAME:
+            name = self.host.encode("ascii")
             return bytes([Atyp.DOMAINNAME, len(name)]) + name + port
-        atyp = Atyp.IPV4 if ip.version == 4 else Atyp.IPV6
-        return bytes([atyp]) + ip.packed + port
+        return bytes([self.atyp]) + ipaddress.ip_address(self.host).packed + port
 
     def __str__(self) -> str:
         if self.atyp is Atyp.IPV6:
@@ -143,6 +153,9 @@ def read_address_from(r: Reader, allowed: frozenset[Atyp] | None = None) -> Addr
         if not host.isprintable() or any(c in host for c in " /\\"):
             msg = "domain name contains illegal characters"
             raise MalformedMessage(msg)
+        problem = name_problem(host)
+        if problem:
+            raise MalformedMessage(problem)
     port = r.u16()
     if port is None:
         r.pos = start

@@ -6,13 +6,17 @@ An event the table does not allow raises and moves the machine to CLOSED.
 
     GREETING --Greeting--> METHOD --MethodSelection(00)--> REQUEST
                                   --MethodSelection(02)--> AUTH --UserPassRequest--> AUTH_REPLY
-                                  --MethodSelection(FF)--> CLOSED          --UserPassReply--> REQUEST|CLOSED
+                                  --MethodSelection(FF)--> CLOSED
+    AUTH_REPLY --UserPassReply(ok)--> REQUEST,  --UserPassReply(failure)--> CLOSED
     GREETING --Socks4Request--> REPLY
     REQUEST --request--> REPLY --reply(ok)--> RELAY (CONNECT, ACCEPT)
                                            --> BIND_SECOND (BIND: a second reply follows)
                                            --> CONTROL (UDP ASSOCIATE and the extensions)
                                 --reply(failure)--> CLOSED
-    CONTROL --request--> CONTROL_REPLY --reply--> CONTROL   (extensions: more requests on the channel)
+    CONTROL --request--> CONTROL_REPLY --reply--> CONTROL   (extension channels: more requests)
+
+A reply must be in the connection's version (Socks4Reply for SOCKS4, the SOCKS5 shapes
+otherwise), and after malformed input only a failure reply is legal.
 
 In RELAY the bytes are opaque: the caller takes ``trailing_data()`` and stops feeding the machine.
 """
@@ -114,19 +118,31 @@ def _after_auth(conn: ServerConnection, msg: object) -> State:
     return State.REQUEST if msg.ok else State.CLOSED
 
 
-def _after_reply(conn: ServerConnection, msg: object) -> State:
+def _right_version(conn: ServerConnection, msg: object) -> bool:
+    return isinstance(msg, Socks4Reply) == (conn.version == SOCKS4_VERSION)
+
+
+def _after_reply(conn: ServerConnection, msg: object) -> State | None:
+    if not _right_version(conn, msg):
+        return None
     if not getattr(msg, "ok", False):
         return State.CLOSED
-    return AFTER_SUCCESS.get(conn.command if conn.command is not None else -1, State.RELAY)
+    if conn.command is None:
+        return None  # malformed input: only a refusal may follow
+    return AFTER_SUCCESS.get(conn.command, State.RELAY)
 
 
-def _after_second_reply(conn: ServerConnection, msg: object) -> State:
+def _after_second_reply(conn: ServerConnection, msg: object) -> State | None:
+    if not _right_version(conn, msg):
+        return None
     return State.RELAY if getattr(msg, "ok", False) else State.CLOSED
 
 
-def _after_control_reply(conn: ServerConnection, msg: object) -> State:
+def _after_control_reply(conn: ServerConnection, msg: object) -> State | None:
     # The server decides whether a refused control request ends the channel (it closes the
     # socket itself); the machine stays ready for the next request.
+    if conn.command is None and getattr(msg, "ok", False):
+        return None
     return State.CONTROL
 
 
@@ -144,7 +160,7 @@ _KINDS: dict[type, str] = {
 }
 
 #: (state, kind of message sent) -> next state. Anything absent is illegal.
-SEND_TRANSITIONS: dict[tuple[State, str], Callable[[ServerConnection, object], State]] = {
+SEND_TRANSITIONS: dict[tuple[State, str], Callable[[ServerConnection, object], State | None]] = {
     (State.METHOD, "method"): _after_method,
     (State.AUTH_REPLY, "auth"): _after_auth,
     (State.REPLY, REPLY_KIND): _after_reply,
@@ -288,9 +304,15 @@ class ServerConnection:
         """
         kind = _KINDS.get(type(message))
         transition = SEND_TRANSITIONS.get((self.state, kind)) if kind else None
-        if transition is None:
+        after = transition(self, message) if transition is not None else None
+        if after is None:
             state, self.state = self.state, State.CLOSED
             msg = f"cannot send {type(message).__name__} in state {state.name}"
             raise LocalProtocolError(msg)
-        self.state = transition(self, message)
-        return message.to_bytes()  # type: ignore[attr-defined]
+        try:
+            data: bytes = message.to_bytes()  # type: ignore[attr-defined]
+        except LocalProtocolError:
+            self.state = State.CLOSED
+            raise
+        self.state = after
+        return data

@@ -15,6 +15,7 @@ SOCKS4_REPLY_VERSION = 0x00  #: SOCKS4 reply "VN" is 0
 
 MAX_METHODS = 255  #: RFC 1928 §3: NMETHODS is one octet
 MAX_DOMAIN_LENGTH = 255  #: RFC 1928 §5: one length octet
+MAX_LABEL_LENGTH = 63  #: RFC 1035 §2.3.4: a DNS label
 MAX_USERID_LENGTH = 255  #: SOCKS4 USERID / SOCKS4a hostname bound (ours: keeps parsers bounded)
 MAX_UDP_PAYLOAD = 65507  #: largest IPv4 UDP payload; the relay must never truncate below it
 UDP_RECV_SIZE = 65535  #: recvfrom size: anything larger than any datagram

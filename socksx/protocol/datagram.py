@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from socksx.protocol.address import Address, read_address_from
 from socksx.protocol.buffer import Reader
-from socksx.protocol.errors import MalformedMessage
+from socksx.protocol.errors import LocalProtocolError, MalformedMessage
 
 __all__ = ["UdpHeader", "decode_udp_datagram", "encode_udp_datagram"]
 
@@ -49,5 +49,12 @@ def decode_udp_datagram(dgram: bytes | bytearray | memoryview) -> tuple[UdpHeade
 
 
 def encode_udp_datagram(address: Address, data: bytes = b"", frag: int = 0) -> bytes:
-    """RSV | FRAG | ATYP | ADDR | PORT | DATA."""
+    """RSV | FRAG | ATYP | ADDR | PORT | DATA.
+
+    Raises:
+        LocalProtocolError: FRAG outside 0..255.
+    """
+    if not 0 <= frag <= 0xFF:
+        msg = f"FRAG {frag} does not fit in one octet"
+        raise LocalProtocolError(msg)
     return bytes([0, 0, frag]) + address.to_bytes() + data

@@ -77,6 +77,9 @@ class MethodSelection:
 
     method: Method
 
+    def __post_init__(self) -> None:
+        _check_octet(self.method, "METHOD")
+
     def to_bytes(self) -> bytes:
         """VER | METHOD."""
         return bytes([SOCKS5_VERSION, self.method])
@@ -110,6 +113,9 @@ class UserPassReply:
 
     status: int
 
+    def __post_init__(self) -> None:
+        _check_octet(self.status, "STATUS")
+
     @property
     def ok(self) -> bool:
         """True when the server accepted the credentials."""
@@ -127,6 +133,9 @@ class Request:
     command: Command
     address: Address
 
+    def __post_init__(self) -> None:
+        _check_octet(self.command, "CMD")
+
     def to_bytes(self) -> bytes:
         """VER | CMD | RSV | ATYP | DST.ADDR | DST.PORT."""
         return bytes([SOCKS5_VERSION, self.command, 0]) + self.address.to_bytes()
@@ -139,6 +148,9 @@ class Reply:
     rep: ReplyCode
     address: Address = Address("0.0.0.0", 0)
 
+    def __post_init__(self) -> None:
+        _check_octet(self.rep, "REP")
+
     @property
     def ok(self) -> bool:
         """True for REP 00."""
@@ -147,6 +159,12 @@ class Reply:
     def to_bytes(self) -> bytes:
         """VER | REP | RSV | ATYP | BND.ADDR | BND.PORT."""
         return bytes([SOCKS5_VERSION, self.rep, 0]) + self.address.to_bytes()
+
+
+def _check_octet(value: object, name: str) -> None:
+    if not isinstance(value, int) or not 0 <= value <= 0xFF:
+        msg = f"{name} {value!r} does not fit in one octet"
+        raise LocalProtocolError(msg)
 
 
 RequestReader = Callable[[Reader, Command], object | None]

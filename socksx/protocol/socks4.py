@@ -10,13 +10,14 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from socksx.protocol.address import Address
+from socksx.protocol.address import Address, name_problem
 from socksx.protocol.buffer import Reader
 from socksx.protocol.constants import (
     MAX_DOMAIN_LENGTH,
     MAX_USERID_LENGTH,
     SOCKS4_REPLY_VERSION,
     SOCKS4_VERSION,
+    Atyp,
     Socks4Code,
     Socks4Command,
 )
@@ -39,20 +40,24 @@ class Socks4Request:
         """Encode as SOCKS4 for IPv4 literals, SOCKS4a for names.
 
         Raises:
-            LocalProtocolError: IPv6 (SOCKS4 cannot carry it) or a NUL in a field.
+            LocalProtocolError: what the parser would refuse: IPv6, a USERID over 255 octets or
+                with a NUL, or an IPv4 address 0.0.0.x (x != 0), which is the SOCKS4a marker.
         """
-        if b"\0" in self.userid:
-            msg = "SOCKS4 USERID may not contain NUL"
+        if b"\0" in self.userid or len(self.userid) > MAX_USERID_LENGTH:
+            msg = f"SOCKS4 USERID must be at most {MAX_USERID_LENGTH} octets without NUL"
             raise LocalProtocolError(msg)
         head = bytes([SOCKS4_VERSION, self.command]) + self.address.port.to_bytes(2, "big")
-        if self.address.is_ip:
-            ip = ipaddress.ip_address(self.address.host)
-            if ip.version != 4:
-                msg = "SOCKS4 cannot carry an IPv6 address"
-                raise LocalProtocolError(msg)
-            return head + ip.packed + self.userid + b"\0"
-        name = self.address.host.encode("idna")
-        return head + b"\0\0\0\x01" + self.userid + b"\0" + name + b"\0"
+        if self.address.atyp is Atyp.DOMAINNAME:
+            name = self.address.host.encode("ascii")
+            return head + b"\0\0\0\x01" + self.userid + b"\0" + name + b"\0"
+        ip = ipaddress.ip_address(self.address.host)
+        if ip.version != 4:
+            msg = "SOCKS4 cannot carry an IPv6 address"
+            raise LocalProtocolError(msg)
+        if ip.packed[:3] == b"\0\0\0" and ip.packed[3]:
+            msg = f"{ip} is the SOCKS4a marker and cannot be sent as a SOCKS4 address"
+            raise LocalProtocolError(msg)
+        return head + ip.packed + self.userid + b"\0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,9 @@ def maybe_read_socks4_request(buf: Buf) -> tuple[Socks4Request, int] | None:
         if not host.isprintable() or any(c in host for c in " /\\"):
             msg = "SOCKS4a hostname contains illegal characters"
             raise MalformedMessage(msg)
+        problem = name_problem(host)
+        if problem:
+            raise MalformedMessage(problem)
     else:
         host = str(ipaddress.IPv4Address(ip))
     return Socks4Request(command, Address(host, port), userid), r.pos

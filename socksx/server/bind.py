@@ -18,6 +18,7 @@ from gevent import socket as gsocket
 from socksx.errors import PolicyDenied, UpstreamError
 from socksx.protocol.address import Address
 from socksx.protocol.constants import ReplyCode
+from socksx.server.connect import errno_to_reply
 
 if TYPE_CHECKING:
     from socksx.server.session import Session
@@ -33,7 +34,12 @@ def _expected_peers(session: Session, address: Address) -> set[str] | None:
         if ipaddress.ip_address(address.host).is_unspecified:
             return None
         return {address.host}
-    return {sockaddr[0] for _, sockaddr in session.server.resolve(address.host, address.port)}
+    try:
+        targets = session.server.resolve(address.host, address.port)
+    except OSError as exc:
+        msg = f"cannot resolve {address.host}: {exc.strerror or exc}"
+        raise UpstreamError(errno_to_reply(exc), msg) from exc
+    return {Address.from_ip(sockaddr[0], 0).host for _, sockaddr in targets}
 
 
 def handle(session: Session, request: object) -> None:

@@ -61,11 +61,6 @@ def test_encode_defaults_to_frag_zero_and_empty_data() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: encode_udp_datagram does not check FRAG; frag=256 raises ValueError, "
-    "frag=-1 too, instead of LocalProtocolError",
-)
 @pytest.mark.parametrize("frag", [256, -1])
 def test_out_of_range_frag_raises_local_protocol_error(frag) -> None:
     with pytest.raises(LocalProtocolError):

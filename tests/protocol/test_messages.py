@@ -224,11 +224,6 @@ def test_every_method_selection_round_trips(method) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: constructors accept out-of-range octets; to_bytes() then raises ValueError, "
-    "not LocalProtocolError",
-)
 @pytest.mark.parametrize(
     "build",
     [

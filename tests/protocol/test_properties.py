@@ -164,7 +164,7 @@ def test_parser_on_garbage_is_total_and_prefix_consistent(parse, buf, extra) -> 
     for i in range(consumed):
         assert parse(buf[:i]) is None
     # What was decoded re-encodes to something that decodes to the same message. (A decoded
-    # domain that cannot be re-encoded is a known bug: see test_address.py's xfail.)
+    # domain that cannot be re-encoded would be a bug: see test_address.py.)
     try:
         again = message.to_bytes()  # type: ignore[attr-defined]
     except LocalProtocolError:

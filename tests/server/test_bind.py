@@ -76,3 +76,13 @@ def test_socks4_bind(socks_server):
             assert struct.unpack("!H", second[2:4])[0] == peer.getsockname()[1]
             peer.sendall(b"4bind")
             assert recv_exactly(control, 5) == b"4bind"
+
+
+def test_bind_to_a_name_that_does_not_resolve_gives_rep_04(make_server):
+    def resolver(host, port):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    server = make_server(resolver=resolver)
+    control, (rep, _, _) = socks5_request(server.address, 2, "nowhere.test", 0)
+    control.close()
+    assert rep == 0x04
