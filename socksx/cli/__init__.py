@@ -26,11 +26,24 @@ def cli(ctx: click.Context, verbose: int, quiet: int, color: bool | None) -> Non
     ctx.obj = App(verbosity=verbose - quiet, color=color)
 
 
+HELP_OPTIONS = ["-h", "--help"]
+
+
 def _register() -> None:
     from socksx.cli import commands
 
     for command in commands.ALL:
         cli.add_command(command)
+        _help_everywhere(command)
+
+
+def _help_everywhere(command: click.Command) -> None:
+    # Set on each command, not only inherited from the root context: click caches a command's
+    # help option, so one invoked on its own (tests, embedding) would otherwise lose -h.
+    command.context_settings.setdefault("help_option_names", HELP_OPTIONS)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _help_everywhere(sub)
 
 
 _register()
@@ -39,12 +52,17 @@ _register()
 def main() -> None:
     """Run the CLI; turn Ctrl-C into exit 130 without a traceback."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="socksx", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        # One line, like every other user error; --help has the long story.
+        where = exc.ctx.command_path if exc.ctx is not None else "socksx"
+        click.echo(f"socksx: {exc.format_message()} (try '{where} --help')", err=True)
+        sys.exit(ExitCode.USAGE)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(ExitCode.USAGE if isinstance(exc, click.UsageError) else ExitCode.FAILURE)
+        click.echo(f"socksx: {exc.format_message()}", err=True)
+        sys.exit(ExitCode.FAILURE)
     except click.exceptions.Abort:
         click.echo("socksx: interrupted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
@@ -52,12 +70,27 @@ def main() -> None:
         click.echo("socksx: interrupted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
     except SocksError as exc:
-        if os.environ.get("SOCKSX_DEBUG") == "1":
+        if _debug():
             raise
         problems = getattr(exc, "problems", None) or [exc]
         for problem in problems:
             click.echo(f"socksx: {problem}", err=True)
         sys.exit(exit_code_for(exc))
+
+
+def _debug() -> bool:
+    """Tracebacks wanted: SOCKSX_DEBUG=1, or -vv before the command name."""
+    if os.environ.get("SOCKSX_DEBUG") == "1":
+        return True
+    level = 0
+    for arg in sys.argv[1:]:
+        if arg == "--verbose":
+            level += 1
+        elif arg.startswith("-v") and set(arg[1:]) == {"v"}:
+            level += len(arg) - 1
+        elif not arg.startswith("-"):
+            break
+    return level >= 2
 
 
 def exit_code_for(exc: BaseException) -> ExitCode:

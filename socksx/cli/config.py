@@ -34,9 +34,12 @@ def check(app: App, *, file: str) -> None:
     cannot start because of a bad config exit 3.)
     """
     from socksx.config import load
+    from socksx.server.auth import load_users
 
     try:
         cfg = load(file)
+        if cfg.users_file:
+            load_users(cfg.users_file)  # a bad line would stop the server: report it now
     except ConfigError as error:
         _fail(error, ExitCode.FAILURE)
     app.info(f"{file}: ok ({len(cfg.listen)} listen addresses, {len(cfg.rules)} rules)")

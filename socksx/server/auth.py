@@ -172,6 +172,15 @@ class Authenticator:
         # Any real stored hash will do as the dummy: it has the cost real logins have.
         self._dummy = secrets.choice(list(self._users.values())) if self._users else None
 
+    def reconfigure(self, *, workers: int, queue: int, failures_per_minute: int) -> None:
+        """Apply reloaded [limits] in place (cache and in-flight checks are kept)."""
+        self.workers = workers or os.cpu_count() or 1
+        self.queue = queue
+        if self._pool is not None:
+            self._pool.maxsize = self.workers
+        if failures_per_minute != self._limiter.per_minute:
+            self._limiter = FailureLimiter(failures_per_minute)
+
     def close(self) -> None:
         """Stop the pool threads at server shutdown, after the sessions are gone (a thread ends
         once its current verification is done); a later ``verify`` starts a new pool."""

@@ -9,9 +9,11 @@ a state dump.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +26,7 @@ from gevent.server import StreamServer
 from socksx import __version__
 from socksx.config import Config
 from socksx.config import load as load_config
-from socksx.errors import ConfigError, ConfigProblem
+from socksx.errors import ConfigError, ConfigProblem, SocksError
 from socksx.log import logger
 from socksx.protocol.constants import Command
 from socksx.server import bind, connect, udp
@@ -34,7 +36,7 @@ from socksx.server.rules import RuleSet
 from socksx.server.session import HANDLERS, Session
 from socksx.server.stats import ServerStats
 
-__all__ = ["Listener", "Resolver", "Server", "bind_listen_socket"]
+__all__ = ["ListenError", "Listener", "Resolver", "Server", "bind_listen_socket"]
 
 Resolver = Callable[[str, int], list[tuple[int, tuple]]]
 
@@ -77,8 +79,17 @@ def bind_listen_socket(
     except OSError as exc:
         sock.close()
         msg = f"cannot listen on {_fmt((host, port))}: {(exc.strerror or str(exc)).lower()}"
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            # Not the config's fault (another process has the port, or no privilege): a
+            # runtime failure, so a supervisor may retry.
+            where = f"{source}: listen: {msg}"
+            raise ListenError(where) from exc
         raise ConfigError([ConfigProblem(source, "listen", msg)]) from exc
     return sock
+
+
+class ListenError(SocksError):
+    """A listen address that is valid but cannot be bound now (in use, no privilege)."""
 
 
 class Listener:
@@ -130,10 +141,15 @@ class Server:
         """Build rules, auth and limits from *config* (raises ConfigError before changing)."""
         rules = RuleSet(config.rules)
         users = load_users(config.users_file) if config.users_file else {}
+        limits = config.limits
         if hasattr(self, "authenticator"):
             self.authenticator.replace_users(users)
+            self.authenticator.reconfigure(
+                workers=limits.auth_workers,
+                queue=limits.auth_queue,
+                failures_per_minute=limits.auth_failures_per_minute,
+            )
         else:
-            limits = config.limits
             self.authenticator = Authenticator(
                 users,
                 workers=limits.auth_workers,
@@ -190,7 +206,7 @@ class Server:
             try:
                 for host, port in self.config.listen:
                     sockets.append(bind_listen_socket(host, port, self.config.source))
-            except ConfigError:
+            except (ConfigError, ListenError):
                 for sock in sockets:
                     sock.close()
                 raise
@@ -279,7 +295,7 @@ class Server:
                         "dst": session.dst,
                         "up": session.bytes_up,
                         "down": session.bytes_down,
-                        "age": round(self.now() - session.started, 1),
+                        "age": round(time.monotonic() - session.started, 1),
                     }
                 },
             )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tempfile
 
 from socksx.errors import ConfigError, ConfigProblem
@@ -181,12 +182,19 @@ class UsersFile:
         return True
 
     def write(self) -> None:
-        """Replace the file atomically with the current lines, mode 0600.
+        """Replace the file atomically with the current lines.
+
+        A new file is mode 0600; an existing file keeps its mode (without any bits for
+        "other"), owner and group, so a root:socksx 0640 file stays readable by the server.
 
         Raises:
             OSError: the directory is not writable, the disk is full, ...
         """
         directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            before = os.stat(self.path)
+        except FileNotFoundError:
+            before = None
         data = "".join(line + "\n" for line in self.lines).encode("utf-8")
         # mkstemp creates the file 0600 already; fchmod makes it explicit against odd umasks
         fd, temp = tempfile.mkstemp(
@@ -194,7 +202,12 @@ class UsersFile:
         )
         try:
             with os.fdopen(fd, "wb") as file:
-                os.fchmod(file.fileno(), 0o600)
+                if before is None:
+                    os.fchmod(file.fileno(), 0o600)
+                else:
+                    os.fchmod(file.fileno(), stat.S_IMODE(before.st_mode) & 0o770)
+                    with contextlib.suppress(PermissionError):
+                        os.fchown(file.fileno(), before.st_uid, before.st_gid)
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())

@@ -23,7 +23,7 @@ from gevent.event import Event
 from socksx.config import Config
 from socksx.errors import ConfigError
 from socksx.log import logger
-from socksx.server.server import bind_listen_socket
+from socksx.server.server import ListenError, bind_listen_socket
 
 __all__ = ["Supervisor", "worker_count"]
 
@@ -70,7 +70,7 @@ class Supervisor:
                         port = self.sockets[0][i].getsockname()[1]
                     row.append(bind_listen_socket(host, port, source, reuseport=True))
                 self.sockets.append(row)
-        except ConfigError:
+        except (ConfigError, ListenError):
             for sock in (s for row in self.sockets for s in row):
                 sock.close()
             raise

@@ -180,12 +180,14 @@ def three_users(tmp_path: Path) -> Path:
 
 
 def test_del_removes_only_that_user(three_users: Path) -> None:
+    three_users.chmod(0o644)
     result = run("del", "alice", "-f", str(three_users))
     assert result.exit_code == 0, result.output
     assert result.stderr == f"deleted user 'alice' from {three_users}\n"
     assert list(load_users(str(three_users))) == ["carol", "bob"]
     assert matches(three_users, "bob", b"bob-pw")
-    assert stat.S_IMODE(three_users.stat().st_mode) == 0o600
+    # An existing file keeps owner, group and mode, minus any access for "other".
+    assert stat.S_IMODE(three_users.stat().st_mode) == 0o640
 
 
 def test_del_unknown_user(three_users: Path) -> None:

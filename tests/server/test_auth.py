@@ -442,11 +442,12 @@ def test_users_file_edit_preserves_comments_and_order(tmp_path: Path, users) -> 
     assert edited.set("carol", users["zoë"]) is False
     assert edited.remove("bob") is True
     assert edited.remove("bob") is False
+    before = os.stat(path)
     edited.write()
     assert Path(path).read_text() == (
         f"# head\nalice:{new.decode()}\n\n# about bob\n# tail\ncarol:{users['zoë'].decode()}\n"
     )
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(before.st_mode) & 0o770
     assert load_users(path) == {"alice": new, "carol": users["zoë"]}
     assert [p.name for p in tmp_path.iterdir()] == ["users"]  # no temp file left behind
 
