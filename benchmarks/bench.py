@@ -210,6 +210,17 @@ def tree_pss_kib(root: int) -> int:
     return total
 
 
+def tcp_time_wait() -> int:
+    """TCP sockets in TIME_WAIT system-wide: thousands of them can exhaust the ephemeral ports
+    of servers that bind before they connect, so runs record it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/net/sockstat").read_text().splitlines():
+            if line.startswith("TCP:"):
+                fields = line.split()
+                return int(fields[fields.index("tw") + 1])
+    return -1
+
+
 def tree_fds(root: int) -> int:
     total = 0
     for pid in process_tree(root):
@@ -249,6 +260,13 @@ class Target:
         self.proc, self.port = self.starter()
         self.host = LOOPBACK
         self.idle_fds = tree_fds(self.proc.pid)
+
+    def restart(self) -> None:
+        """A fresh process: memory runs must not inherit heaps grown or children forked by
+        earlier runs (a baseline taken then would hide per-session memory)."""
+        if self.proc is not None:
+            stop(self.proc)
+        self.start()
 
     def log_tail(self, lines: int = 15) -> str:
         if self.log is None or not self.log.exists():
@@ -573,6 +591,7 @@ def run_rate(env: Env, target: Target) -> dict[str, Any]:
         if b'"alive": 1' not in out:
             msg = f"the first login failed: {out.decode(errors='replace').strip()}"
             raise BenchError(msg)
+    time_wait = tcp_time_wait()
     proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     lines = Lines(proc)
     deadline = time.monotonic() + args.warmup + args.duration + 40
@@ -593,6 +612,7 @@ def run_rate(env: Env, target: Target) -> dict[str, Any]:
         msg = f"no session completed ({result['errors']} errors)"
         raise BenchError(msg)
     result["sessions/s"] = result["sessions"] / result["seconds"]
+    result["time_wait_before"] = time_wait
     if len(cpu) == 2:
         result["cpu_s"] = cpu["end"] - cpu["start"]
         result["cpu_us/session"] = result["cpu_s"] / result["sessions"] * 1e6
@@ -601,6 +621,7 @@ def run_rate(env: Env, target: Target) -> dict[str, Any]:
 
 def run_mem(env: Env, target: Target, n: int) -> dict[str, Any]:
     """PSS of the server's tree with *n* idle relayed sessions minus with none, per session."""
+    target.restart()
     assert target.pid is not None
     argv = [str(env.loadgen), "idle", f"proxy={target.proxy}", f"target={env.echo}"]
     # warm-up: the first sessions pay one-time costs (imports, pools) that are not per session
@@ -612,6 +633,8 @@ def run_mem(env: Env, target: Target, n: int) -> dict[str, Any]:
     target.quiesce()
     time.sleep(env.args.settle / 2)
     base = tree_pss_kib(target.pid)
+    base_processes = len(process_tree(target.pid))
+    time_wait = tcp_time_wait()
     proc = spawn([*argv, f"n={n}"], stdout=subprocess.PIPE, stdin=subprocess.PIPE)
     lines = Lines(proc)
     try:
@@ -637,6 +660,8 @@ def run_mem(env: Env, target: Target, n: int) -> dict[str, Any]:
         "pss_base_kib": base,
         "pss_loaded_kib": loaded,
         "processes": processes,
+        "processes_base": base_processes,
+        "time_wait_before": time_wait,
         "KiB/session": (loaded - base) / opened["open"],
     }
 
@@ -742,8 +767,9 @@ def make_cases(env: Env) -> list[Case]:
                 managed,
                 lambda t, n=n: run_mem(env, t, n),
                 extra=[
-                    ("pss_base_kib", "PSS idle KiB"),
+                    ("open", "sessions opened"),
                     ("alive", "alive after"),
+                    ("pss_base_kib", "PSS idle KiB"),
                     ("processes", "processes"),
                 ],
             )
@@ -763,7 +789,10 @@ def make_cases(env: Env) -> list[Case]:
                 extra=[("loss_%", "loss %"), ("stalls", "window stalls")],
             )
         )
-    return [c for c in cases if c.group in args.groups]
+    # Rate runs leave tens of thousands of TIME_WAIT sockets for 60 s; the memory runs come
+    # last in a round, after the throughput and UDP runs have given them time to expire.
+    order = {"rate": 0, "tput": 1, "udp": 2, "mem": 3}
+    return sorted((c for c in cases if c.group in args.groups), key=lambda c: order[c.group])
 
 
 def case_targets(
@@ -958,6 +987,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="leave out a built-in target; repeatable",
     )
     p.add_argument("--json", metavar="FILE", help="write every raw number to FILE")
+    p.add_argument("--logs", metavar="DIR", help="copy the servers' logs into DIR at the end")
     p.add_argument(
         "--smoke", action="store_true", help="tiny sizes, one round, socksx only (a quick check)"
     )
@@ -1054,7 +1084,8 @@ def benchmark(args: argparse.Namespace, tmp: Path) -> int:
         if target.proc is not None and target.proc.poll() is not None:
             notes.append(f"{target.name} had exited by the end (status {target.proc.returncode})")
     print()
-    for case in cases:
+    shown_order = {"tput": 0, "rate": 1, "mem": 2, "udp": 3}
+    for case in sorted(cases, key=lambda c: shown_order[c.group]):
         order = {n: results[case.key][n] for n in sorted(results[case.key], key=_order)}
         print(render_case(case, order, skipped[case.key]))
         if case.key == "rate-userpass" and "rate-none" in results:
@@ -1064,6 +1095,13 @@ def benchmark(args: argparse.Namespace, tmp: Path) -> int:
                 if auth and plain:
                     print(f"{name}: username/password rate / no-auth rate = {auth / plain:.2f}")
         print()
+    if args.logs:
+        keep = Path(args.logs)
+        keep.mkdir(parents=True, exist_ok=True)
+        for log in tmp.glob("*.log"):
+            shutil.copy(log, keep / log.name)
+        if (tmp / "danted.out").exists():
+            shutil.copy(tmp / "danted.out", keep / "danted.out")
     if notes:
         print("notes:")
         for note in notes:
