@@ -195,11 +195,16 @@ class ItemProblems(ValueError):
 
 
 def _listen(value: Any) -> tuple[tuple[str, int], ...]:
+    if isinstance(value, list) and not value:
+        msg = "must name at least one address"
+        raise ValueError(msg)
+    return _addresses(value)
+
+
+def _addresses(value: Any) -> tuple[tuple[str, int], ...]:
+    """A list of HOST:PORT strings (possibly empty)."""
     if not isinstance(value, list):
         msg = f'must be a list such as ["127.0.0.1:1080"], not {_type_name(value)} {value!r}'
-        raise ValueError(msg)
-    if not value:
-        msg = "must name at least one address"
         raise ValueError(msg)
     addresses, problems = [], []
     for index, item in enumerate(value):
@@ -290,6 +295,16 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """SOCKS over TLS listeners: the full protocol inside TLS (docs/PROTOCOL.md "TLS")."""
+
+    listen: tuple[tuple[str, int], ...] = ()
+    cert: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Where and how session lines and errors are logged."""
 
@@ -330,6 +345,24 @@ TOP_LEVEL = Section(
 _LEVELS = ("debug", "info", "warning", "error")
 
 SECTIONS: tuple[Section, ...] = (
+    Section(
+        "tls",
+        TlsConfig,
+        {
+            "listen": Key([], _addresses, "addresses for SOCKS over TLS", _dump_listen),
+            "cert": Key(
+                "", _optional_string, "PEM certificate chain", _unset_as_empty, path=True
+            ),
+            "key": Key("", _optional_string, "PEM private key", _unset_as_empty, path=True),
+            "client_ca": Key(
+                "",
+                _optional_string,
+                "require client certificates from this CA",
+                _unset_as_empty,
+                path=True,
+            ),
+        },
+    ),
     Section(
         "timeouts",
         Timeouts,
@@ -398,6 +431,7 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     log: LogConfig = field(default_factory=LogConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     rules: tuple[Rule, ...] = ()
 
 
@@ -449,10 +483,19 @@ def _userpass_needs_users_file(top: Mapping[str, Any]) -> str | None:
     return None
 
 
-#: Checks that involve several top-level keys: (keys involved, check returning a problem or
-#: None). The problem is reported at the first key, unless that key already has a problem.
+def _tls_needs_cert_and_key(values: Mapping[str, Any]) -> str | None:
+    tls = values["tls"]
+    if tls.listen and not (tls.cert and tls.key):
+        return "TLS listeners need tls.cert and tls.key"
+    return None
+
+
+#: Checks that involve several keys: (keys involved, check returning a problem or None), over
+#: the top-level values and the section dataclasses by name. The problem is reported at the
+#: first key, unless that key already has a problem.
 CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], str | None]], ...] = (
     (("users_file", "auth"), _userpass_needs_users_file),
+    (("tls.listen", "tls.cert", "tls.key"), _tls_needs_cert_and_key),
 )
 
 
@@ -493,7 +536,7 @@ def _build(
     for keys, check in CROSS_CHECKS:
         if any(p.key == keys[0] for p in problems):
             continue  # the key's own problem says enough
-        message = check(top)
+        message = check({**top, **sections})
         if message is not None:
             problems.add(keys[0], message, keys)
     if problems:

@@ -25,10 +25,16 @@ def _utc(created: float) -> str:
 
 
 def _quote(value: Any) -> str:
+    # Client-chosen text (user names, host names) must not forge lines or reach a terminal as
+    # control sequences: anything but plain printable text is JSON-escaped.
     text = str(value)
-    if not text or any(c in text for c in ' "=\n'):
+    if not text or not text.isprintable() or any(c in text for c in ' "=\\'):
         return json.dumps(text)
     return text
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else json.dumps(text)[1:-1]
 
 
 class TextFormatter(logging.Formatter):
@@ -41,7 +47,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """Render one record on one line (tracebacks follow on their own lines)."""
         parts = [_utc(record.created)] if self.with_time else []
-        parts += [record.levelname.lower(), record.getMessage()]
+        parts += [record.levelname.lower(), _printable(record.getMessage())]
         fields = getattr(record, "fields", None)
         if fields:
             parts += [f"{k}={_quote(v)}" for k, v in fields.items()]

@@ -187,7 +187,7 @@ ports = ["10-5"]
         ('[log]\nsyslog_address = ""', "log.syslog_address", "must not be empty"),
         ('[log]\nsyslog_address = "loghost"', "log.syslog_address", "not HOST:PORT"),
         ("bogus = 1", "bogus", "unknown key"),
-        ("[tls]\ncert = 1", "tls", "unknown section"),
+        ("[nosuch]\nkey = 1", "nosuch", "unknown section"),
         ("[timeouts]\nread = 1", "timeouts.read", "unknown key"),
         ("timeouts = 5", "timeouts", "must be a table"),
         ('[[rules]]\naction = "allow"\nhost = "x"', "rules[0].host", "unknown key"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -31,6 +32,19 @@ if TYPE_CHECKING:
 @click.option("--users", "users_file", type=click.Path(dir_okay=False), help="Users file.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Session log line format.")
 @click.option(
+    "--tls-listen",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="SOCKS over TLS listen address (repeatable; replaces tls.listen).",
+)
+@click.option("--cert", type=click.Path(dir_okay=False), help="TLS certificate chain (PEM).")
+@click.option("--key", type=click.Path(dir_okay=False), help="TLS private key (PEM).")
+@click.option(
+    "--client-ca",
+    type=click.Path(dir_okay=False),
+    help="Require TLS client certificates signed by this CA (PEM).",
+)
+@click.option(
     "--workers",
     metavar="N|auto",
     help="Worker processes sharing the listen addresses (SO_REUSEPORT); auto = one per core.",
@@ -44,6 +58,10 @@ def server(
     auth: str | None,
     users_file: str | None,
     log_format: str | None,
+    tls_listen: tuple[str, ...],
+    cert: str | None,
+    key: str | None,
+    client_ca: str | None,
     workers: str | None,
 ) -> None:
     """Run the SOCKS server until SIGTERM or SIGINT.
@@ -62,6 +80,14 @@ def server(
         overrides["auth"] = auth
     if users_file:
         overrides["users_file"] = users_file
+    tls: dict[str, Any] = {}
+    if tls_listen:
+        tls["listen"] = list(tls_listen)
+    for name, path in (("cert", cert), ("key", key), ("client_ca", client_ca)):
+        if path:
+            tls[name] = os.path.abspath(path)
+    if tls:
+        overrides["tls"] = tls
     if workers:
         overrides["workers"] = "auto" if workers == "auto" else _int_or_text(workers)
     config = with_overrides(load(config_path), **overrides)

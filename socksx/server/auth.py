@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 
 import nacl.exceptions
 import nacl.pwhash.argon2id
+from gevent.event import AsyncResult
 
 from socksx.server.limits import FailureLimiter
 from socksx.server.userfile import load_users
@@ -153,6 +154,7 @@ class Authenticator:
         )
         self._users: dict[str, bytes] = {}
         self._dummy: bytes | None = None
+        self._flights: dict[tuple[str, bytes], AsyncResult] = {}
         self.replace_users(users)
 
     def __repr__(self) -> str:
@@ -195,16 +197,39 @@ class Authenticator:
             gevent.Timeout / GreenletExit: whatever kills the calling greenlet while it waits;
                 the verification itself still completes and is accounted for.
         """
+        # Single flight: the same credentials from the same address while a check of them is
+        # under way share its outcome (a browser's burst of logins costs one token and one
+        # argon2id run, and a burst of correct logins is not mistaken for guessing).
+        flight_key = (client_ip, self._cache_digest(username, password))
+        flight = self._flights.get(flight_key)
+        if flight is not None:
+            outcome: AuthResult = flight.get()
+            return outcome
+        flight = AsyncResult()
+        self._flights[flight_key] = flight
+        result = AuthResult.OVERLOADED  # what waiters see if this greenlet is killed
+        try:
+            result = self._verify_limited(client_ip, username, password)
+        finally:
+            del self._flights[flight_key]
+            flight.set(result)
+        return result
+
+    def _verify_limited(self, client_ip: str, username: bytes, password: bytes) -> AuthResult:
         now = self._clock()
         if not self._limiter.try_begin(client_ip, now):
             self._counters["rate_limited"] += 1
             return AuthResult.RATE_LIMITED
-        result = self._verify_admitted(username, password)
-        if result in (AuthResult.BAD_CREDENTIALS, AuthResult.UNKNOWN_USER):
-            self._counters["failures"] += 1
-        else:
-            # success or overload says nothing about guessing: give the token back
-            self._limiter.refund(client_ip, self._clock())
+        result: AuthResult | None = None
+        try:
+            result = self._verify_admitted(username, password)
+        finally:
+            if result in (AuthResult.BAD_CREDENTIALS, AuthResult.UNKNOWN_USER):
+                self._counters["failures"] += 1
+            else:
+                # Success, overload, or the session gave up (handshake timeout) says nothing
+                # about guessing: give the token back.
+                self._limiter.refund(client_ip, self._clock())
         return result
 
     def _verify_admitted(self, username: bytes, password: bytes) -> AuthResult:

@@ -13,12 +13,14 @@ import errno
 import os
 import resource
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
 
 import gevent
 from gevent import socket as gsocket
+from gevent import ssl as gssl
 from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
@@ -27,7 +29,7 @@ from socksx import __version__
 from socksx.config import Config
 from socksx.config import load as load_config
 from socksx.errors import ConfigError, ConfigProblem, SocksError
-from socksx.log import logger
+from socksx.log import logger, setup_logging
 from socksx.protocol.constants import Command
 from socksx.server import bind, connect, udp
 from socksx.server.auth import Authenticator, load_users
@@ -36,7 +38,15 @@ from socksx.server.rules import RuleSet
 from socksx.server.session import HANDLERS, Session
 from socksx.server.stats import ServerStats
 
-__all__ = ["ListenError", "Listener", "Resolver", "Server", "bind_listen_socket"]
+__all__ = [
+    "ListenError",
+    "Listener",
+    "Resolver",
+    "Server",
+    "bind_listen_socket",
+    "listen_specs",
+    "make_tls_context",
+]
 
 Resolver = Callable[[str, int], list[tuple[int, tuple]]]
 
@@ -95,11 +105,16 @@ class ListenError(SocksError):
 class Listener:
     """One listening socket; ``auth`` is what it requires of clients."""
 
-    def __init__(self, server: Server, sock: gsocket.socket, auth: str) -> None:
+    def __init__(self, server: Server, sock: gsocket.socket, tls: bool = False) -> None:
         self.server = server
-        self.auth = auth
+        self.tls = tls
         self.stream = StreamServer(sock, self._handle, spawn=server.pool)
         self.address: tuple[str, int] = sock.getsockname()[:2]
+
+    @property
+    def auth(self) -> str:
+        """What clients must do, from the current config (a reload applies to new sessions)."""
+        return self.server.config.auth
 
     def _handle(self, sock: gsocket.socket, peer: tuple) -> None:
         server = self.server
@@ -107,10 +122,15 @@ class Listener:
         reason = server.limiter.try_acquire(ip)
         if reason is not None:
             server.stats.by_result[reason] += 1
-            logger.warning("session refused", extra={"fields": {"client": ip, "why": reason}})
+            server.warn_refused(ip, reason)
             return
         try:
             sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
+            if self.tls:
+                # The TLS handshake itself runs in the session, under the handshake timeout.
+                sock = server.tls_context.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False
+                )
             session = Session(server, self, sock, peer)
             server.sessions.add(session)
             try:
@@ -141,6 +161,7 @@ class Server:
         """Build rules, auth and limits from *config* (raises ConfigError before changing)."""
         rules = RuleSet(config.rules)
         users = load_users(config.users_file) if config.users_file else {}
+        tls_context = make_tls_context(config) if config.tls.listen else None
         limits = config.limits
         if hasattr(self, "authenticator"):
             self.authenticator.replace_users(users)
@@ -165,6 +186,7 @@ class Server:
                 config.limits.max_sessions, config.limits.max_sessions_per_client
             )
         self.rules = rules
+        self.tls_context = tls_context
         self.config = config
 
     def reload(self, path: str | None = None) -> bool:
@@ -174,6 +196,7 @@ class Server:
             if path is not None
             else (None if self.config.source == "<embedded default>" else self.config.source)
         )
+        old = self.config
         try:
             new = load_config(source)
             new = new if self._overrides is None else self._overrides(new)
@@ -182,8 +205,11 @@ class Server:
             for problem in exc.problems:
                 logger.error("reload refused, keeping the running config: %s", problem)
             return False
-        if tuple(new.listen) != tuple(self.config.listen):
+        if listen_specs(new) != listen_specs(old):
             logger.warning("listen addresses changed: restart to apply them")
+        if new.log != old.log:
+            log = new.log
+            setup_logging(log.format, log.target, log.level, log.syslog_address)
         logger.info("config reloaded", extra={"fields": {"source": new.source}})
         return True
 
@@ -201,32 +227,51 @@ class Server:
         Raises:
             ConfigError: a listen address cannot be bound (names the address and the reason).
         """
+        specs = listen_specs(self.config)
         if sockets is None:
             sockets = []
             try:
-                for host, port in self.config.listen:
+                for host, port, _ in specs:
                     sockets.append(bind_listen_socket(host, port, self.config.source))
             except (ConfigError, ListenError):
                 for sock in sockets:
                     sock.close()
                 raise
-        self.listeners = [Listener(self, sock, self.config.auth) for sock in sockets]
+        self.listeners = [
+            Listener(self, sock, tls) for sock, (_, _, tls) in zip(sockets, specs, strict=True)
+        ]
         for listener in self.listeners:
             listener.stream.start()
         for listener in self.listeners:
-            logger.info(
-                "listening",
-                extra={"fields": {"address": _fmt(listener.address), "auth": listener.auth}},
-            )
+            fields = {"address": _fmt(listener.address), "auth": listener.auth}
+            if listener.tls:
+                fields["tls"] = "yes"
+            logger.info("listening", extra={"fields": fields})
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The bound (host, port) of every listener, in config order."""
         return [listener.address for listener in self.listeners]
 
+    def warn_refused(self, ip: str, reason: str) -> None:
+        """Log a refused connection, at most once a second (a flood must not flood the log)."""
+        now = time.monotonic()
+        if now - self._last_refusal_log < 1.0:
+            self._refusals_unlogged += 1
+            return
+        fields = {"client": ip, "why": reason}
+        if self._refusals_unlogged:
+            fields["also_refused"] = str(self._refusals_unlogged)
+        self._refusals_unlogged = 0
+        self._last_refusal_log = now
+        logger.warning("session refused", extra={"fields": fields})
+
+    _last_refusal_log = -1e9
+    _refusals_unlogged = 0
+
     def now(self) -> float:
-        """The event loop's clock (cheap; seconds)."""
-        return float(gevent.get_hub().loop.now())
+        """Monotonic seconds (wall-clock jumps must not distort timeouts)."""
+        return time.monotonic()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let sessions finish for *grace* seconds, then end the rest."""
@@ -299,6 +344,35 @@ class Server:
                     }
                 },
             )
+
+
+def listen_specs(config: Config) -> list[tuple[str, int, bool]]:
+    """Every listen address as (host, port, tls), plain listeners first."""
+    return [(h, p, False) for h, p in config.listen] + [(h, p, True) for h, p in config.tls.listen]
+
+
+def make_tls_context(config: Config) -> ssl.SSLContext:
+    """The server-side TLS context of the TLS listeners (TLS 1.2 or later).
+
+    Raises:
+        ConfigError: the certificate, key or client CA cannot be loaded.
+    """
+    tls = config.tls
+    context = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = gssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.cert or "", tls.key or "")
+    except (OSError, ssl.SSLError) as exc:
+        msg = f"cannot load the certificate and key: {exc}"
+        raise ConfigError([ConfigProblem(config.source, "tls.cert", msg)]) from exc
+    if tls.client_ca:
+        try:
+            context.load_verify_locations(tls.client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            msg = f"cannot load the client CA: {exc}"
+            raise ConfigError([ConfigProblem(config.source, "tls.client_ca", msg)]) from exc
+        context.verify_mode = gssl.CERT_REQUIRED
+    return context
 
 
 def _fmt(address: tuple[str, int]) -> str:

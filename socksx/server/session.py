@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import itertools
+import ssl
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -116,6 +117,8 @@ class Session:
         server = self.server
         try:
             with gevent.Timeout(server.config.timeouts.handshake, HandshakeTimeout):
+                if self.listener.tls:
+                    self.sock.do_handshake()
                 request = self._handshake()
             if request is None:
                 return
@@ -135,6 +138,8 @@ class Session:
             self._refuse(exc.reply or ReplyCode.GENERAL_FAILURE, f"failed: {exc}")
         except RemoteProtocolError as exc:
             self._refuse(exc.reply, f"protocol-error: {exc}")
+        except ssl.SSLError as exc:
+            self.result = f"tls-error: {exc.reason or exc}".lower()
         except OSError as exc:
             self.result = f"io-error: {(exc.strerror or str(exc) or type(exc).__name__).lower()}"
         except gevent.GreenletExit:
@@ -231,9 +236,9 @@ class Session:
     def relay_with(self, upstream: gsocket.socket, pending: bytes) -> None:
         """Relay the client and *upstream* to the end; the outcome becomes the result."""
         config = self.server.config
-        self.result = relay(
-            self.sock, upstream, self, config.timeouts.idle, pending, config.zero_copy
-        )
+        # splice(2) moves raw bytes: never through a TLS socket.
+        zero_copy = config.zero_copy and not self.listener.tls
+        self.result = relay(self.sock, upstream, self, config.timeouts.idle, pending, zero_copy)
 
     def take_trailing(self) -> bytes:
         """Client bytes that arrived after the request (pipelined data)."""

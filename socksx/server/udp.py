@@ -19,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from collections import OrderedDict
+from time import monotonic
 from typing import TYPE_CHECKING
 
-import gevent
 from gevent import socket as gsocket
 from gevent.pool import Group
 
@@ -73,8 +73,7 @@ class UdpAssociation:
         self.sent_to: set[tuple[str, int]] = set()
         self.headers: dict[tuple[str, int], bytes] = {}
         self.inbound_any = self.config.udp_inbound == "any"
-        self.loop = gevent.get_hub().loop
-        self.last = self.loop.now()
+        self.last = monotonic()
         self.datagrams_up = 0
         self.datagrams_down = 0
         self.dropped = 0
@@ -154,7 +153,7 @@ class UdpAssociation:
         self.datagrams_up += 1
         self.stats.udp_datagrams_up += 1
         self.session.bytes_up += len(data) - offset
-        self.last = self.loop.now()
+        self.last = monotonic()
 
     def _to_client(self, data: bytes, src: tuple) -> None:
         key = (_norm(src[0]), src[1])
@@ -177,7 +176,7 @@ class UdpAssociation:
         self.datagrams_down += 1
         self.stats.udp_datagrams_down += 1
         self.session.bytes_down += len(data)
-        self.last = self.loop.now()
+        self.last = monotonic()
 
     def _is_client(self, src: tuple) -> bool:
         if _norm(src[0]) != self.client_ip:
@@ -217,7 +216,7 @@ class UdpAssociation:
         control = self.session.sock
         idle = self.config.timeouts.udp_idle
         while True:
-            remaining = idle - (self.loop.now() - self.last)
+            remaining = idle - (monotonic() - self.last)
             if remaining <= 0:
                 return "udp-idle-timeout"
             control.settimeout(remaining)

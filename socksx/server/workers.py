@@ -23,7 +23,7 @@ from gevent.event import Event
 from socksx.config import Config
 from socksx.errors import ConfigError
 from socksx.log import logger
-from socksx.server.server import ListenError, bind_listen_socket
+from socksx.server.server import ListenError, bind_listen_socket, listen_specs
 
 __all__ = ["Supervisor", "worker_count"]
 
@@ -65,7 +65,7 @@ class Supervisor:
         try:
             for _ in range(self.count):
                 row = []
-                for i, (host, port) in enumerate(self.config.listen):
+                for i, (host, port, _) in enumerate(listen_specs(self.config)):
                     if port == 0 and self.sockets:
                         port = self.sockets[0][i].getsockname()[1]
                     row.append(bind_listen_socket(host, port, source, reuseport=True))

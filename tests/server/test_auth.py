@@ -257,7 +257,8 @@ def test_unknown_users_count_as_failures(make_auth) -> None:
 def test_overloaded_when_queue_is_full(make_auth) -> None:
     slow = {"alice": hash_password(b"pw", opslimit=1, memlimit=16 << 20)}
     auth = make_auth(users=slow, workers=1, queue=1, cache_size=0, failures_per_minute=0)
-    greenlets = [gevent.spawn(auth.verify, "127.0.0.1", b"alice", b"pw") for _ in range(6)]
+    # distinct addresses: identical attempts from one address would share one check
+    greenlets = [gevent.spawn(auth.verify, f"127.0.0.{i}", b"alice", b"pw") for i in range(1, 7)]
     gevent.joinall(greenlets, raise_error=True)
     results = [g.value for g in greenlets]
     assert AuthResult.OVERLOADED in results
@@ -266,6 +267,19 @@ def test_overloaded_when_queue_is_full(make_auth) -> None:
     assert auth.stats["verifications"] == results.count(AuthResult.OK)
     assert auth.stats["in_flight"] == 0
     assert auth.verify("127.0.0.1", b"alice", b"pw") is AuthResult.OK  # capacity came back
+
+
+def test_identical_concurrent_attempts_share_one_check(make_auth) -> None:
+    slow = {"alice": hash_password(b"pw", opslimit=1, memlimit=16 << 20)}
+    auth = make_auth(users=slow, workers=1, queue=0, cache_size=0, failures_per_minute=1)
+    greenlets = [gevent.spawn(auth.verify, "127.0.0.1", b"alice", b"pw") for _ in range(8)]
+    gevent.joinall(greenlets, raise_error=True)
+    assert [g.value for g in greenlets] == [AuthResult.OK] * 8
+    assert auth.stats["verifications"] == 1
+    wrong = [gevent.spawn(auth.verify, "127.0.0.1", b"alice", b"guess") for _ in range(8)]
+    gevent.joinall(wrong, raise_error=True)
+    assert [g.value for g in wrong] == [AuthResult.BAD_CREDENTIALS] * 8
+    assert auth.stats["failures"] == 1  # one guess, one token
 
 
 def test_overload_does_not_spend_failure_budget(make_auth) -> None:
@@ -299,8 +313,8 @@ def test_killed_while_queued_frees_the_queue_slot(make_auth) -> None:
     slow = {"alice": hash_password(b"pw", opslimit=1, memlimit=16 << 20)}
     auth = make_auth(users=slow, workers=1, queue=2, cache_size=0, failures_per_minute=0)
     # gevent's pool takes workers + 1 tasks; the third waits for a slot in our queue
-    admitted = [gevent.spawn(auth.verify, "127.0.0.1", b"alice", b"pw") for _ in range(2)]
-    waiting = gevent.spawn(auth.verify, "127.0.0.1", b"alice", b"pw")
+    admitted = [gevent.spawn(auth.verify, f"127.0.0.{i}", b"alice", b"pw") for i in (1, 2)]
+    waiting = gevent.spawn(auth.verify, "127.0.0.3", b"alice", b"pw")
     gevent.sleep(0)
     assert auth.stats["in_flight"] == 3
     waiting.kill()

@@ -332,21 +332,11 @@ def relay_to_listener(server, listener: socket.socket) -> tuple[socket.socket, s
     return client, peer
 
 
-SHUTDOWN_THROWS = (
-    "server bug (relay.py, copy path): relay() wakes the pump blocked on the client with "
-    "client.shutdown(SHUT_RDWR), but gevent's shutdown() throws cancel_wait_ex (EBADF 'file "
-    "descriptor was closed in another greenlet') into that greenlet, which relay() then stores "
-    "as the session's error, replacing the real cause"
-)
-
-
 @pytest.mark.parametrize(
     ("who", "zero_copy"),
     [
         ("upstream", "true"),
-        pytest.param(
-            "upstream", "false", marks=pytest.mark.xfail(strict=True, reason=SHUTDOWN_THROWS)
-        ),
+        ("upstream", "false"),
         ("client", "true"),
         ("client", "false"),
     ],

@@ -168,17 +168,7 @@ def test_traffic_in_one_direction_keeps_a_relay_alive(make_server, zero_copy):
     "zero_copy",
     [
         "true",
-        pytest.param(
-            "false",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="server bug (relay.py, copy path): when the upstream->client pump times "
-                "out first it calls client.shutdown(SHUT_RDWR); gevent's shutdown() throws "
-                "cancel_wait_ex into the session greenlet blocked in recv, relay() records it "
-                "as an error, and the idle timeout is reported as 'io-error: file descriptor "
-                "was closed in another greenlet'",
-            ),
-        ),
+        "false",
     ],
 )
 def test_idle_timeout_after_a_download_is_reported_as_idle(make_server, zero_copy):
