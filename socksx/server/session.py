@@ -151,7 +151,8 @@ class Session:
         finally:
             self._finish()
 
-    def _recv_event(self) -> object:
+    def next_event(self) -> object:
+        """The next message from the client (NEED_DATA handled here); ConnectionClosed at EOF."""
         conn = self.conn
         while (event := conn.next_event()) is NEED_DATA:
             conn.receive_data(self.sock.recv(RECV_SIZE))
@@ -159,7 +160,7 @@ class Session:
 
     def _handshake(self) -> object | None:
         """Method negotiation and authentication; returns the request, or None on EOF."""
-        event = self._recv_event()
+        event = self.next_event()
         if isinstance(event, ConnectionClosed):
             self.result = "closed-before-request"
             return None
@@ -174,7 +175,7 @@ class Session:
         self.sock.sendall(self.conn.send(MethodSelection(wanted)))
         if wanted == Method.USERNAME_PASSWORD:
             self._authenticate()
-        event = self._recv_event()
+        event = self.next_event()
         if isinstance(event, ConnectionClosed):
             self.result = "closed-before-request"
             return None
@@ -182,7 +183,7 @@ class Session:
         return event
 
     def _authenticate(self) -> None:
-        event = self._recv_event()
+        event = self.next_event()
         if isinstance(event, ConnectionClosed):
             self.result = "closed-during-auth"
             raise _Refused
