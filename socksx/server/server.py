@@ -151,6 +151,10 @@ class Server:
         self.stats = ServerStats()
         self.sessions: set[Session] = set()
         self.associations: set[Any] = set()
+        # Extension state, by id; every value has snapshot() -> dict for the stats API.
+        self.mcast_relays: dict[str, Any] = {}  # multicast relays (issue 6)
+        self.tunnels: dict[str, Any] = {}  # UDP tunnels, both ends (issue 5)
+        self.multibinds: dict[str, Any] = {}  # MULTI_BIND control channels (issue 7)
         self.listeners: list[Listener] = []
         self.stopped = Event()
         self._apply(config)
