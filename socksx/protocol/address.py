@@ -20,6 +20,19 @@ from socksx.protocol.errors import LocalProtocolError, MalformedMessage, Unsuppo
 __all__ = ["Address", "maybe_read_address", "name_problem", "read_address_from"]
 
 
+def _is_canonical_ipv4(host: str) -> bool:
+    """Dotted quad of decimal octets without leading zeros (what str(IPv4Address) gives)."""
+    parts = host.split(".")
+    if len(parts) != 4:
+        return False
+    for part in parts:
+        if not part.isdigit() or not part.isascii() or (len(part) > 1 and part[0] == "0"):
+            return False
+        if int(part) > 255:
+            return False
+    return True
+
+
 def name_problem(name: str) -> str | None:
     """Why *name* cannot be a host name on the wire (None when it can).
 
@@ -55,6 +68,10 @@ class Address:
         if not host:
             msg = "empty host"
             raise LocalProtocolError(msg)
+        if _is_canonical_ipv4(host):
+            # The common case (every IPv4 the kernel or the wire gives us), without ipaddress.
+            object.__setattr__(self, "atyp", Atyp.IPV4)
+            return
         try:
             ip = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
@@ -81,6 +98,8 @@ class Address:
     @classmethod
     def from_ip(cls, host: str, port: int) -> Address:
         """Build from a socket address, normalising IPv4-mapped IPv6 and scope ids away."""
+        if _is_canonical_ipv4(host):
+            return cls(host, port)
         ip = ipaddress.ip_address(host.split("%", 1)[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
@@ -92,7 +111,9 @@ class Address:
         if self.atyp is Atyp.DOMAINNAME:
             name = self.host.encode("ascii")
             return bytes([Atyp.DOMAINNAME, len(name)]) + name + port
-        return bytes([self.atyp]) + ipaddress.ip_address(self.host).packed + port
+        if self.atyp is Atyp.IPV4:
+            return bytes([Atyp.IPV4, *map(int, self.host.split("."))]) + port
+        return bytes([self.atyp]) + ipaddress.IPv6Address(self.host).packed + port
 
     def __str__(self) -> str:
         if self.atyp is Atyp.IPV6:
@@ -126,7 +147,7 @@ def read_address_from(r: Reader, allowed: frozenset[Atyp] | None = None) -> Addr
         if raw is None:
             r.pos = start
             return None
-        host = str(ipaddress.IPv4Address(raw))
+        host = f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
     elif atyp == Atyp.IPV6:
         raw = r.take(16)
         if raw is None:

@@ -190,16 +190,32 @@ class _Flow:
         self.reader.close()
         self.writer.close()
         if self.pipe_w >= 0:
-            os.close(self.pipe_r)
-            os.close(self.pipe_w)
+            # Only a pipe known to be empty may serve another relay.
+            _release_pipe(self.pipe_r, self.pipe_w, self.buffered == 0)
             self.pipe_r = self.pipe_w = -1
 
 
+#: Empty pipes of finished relays, reused by new ones: a short session then costs no pipe2,
+#: fcntl or close calls. Bounded, so a burst does not hold descriptors for ever.
+_PIPE_POOL: list[tuple[int, int]] = []
+PIPE_POOL_SIZE = 128
+
+
 def _make_pipe() -> tuple[int, int]:
+    if _PIPE_POOL:
+        return _PIPE_POOL.pop()
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     with contextlib.suppress(OSError):
         fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
     return r, w
+
+
+def _release_pipe(r: int, w: int, empty: bool) -> None:
+    if empty and len(_PIPE_POOL) < PIPE_POOL_SIZE:
+        _PIPE_POOL.append((r, w))
+    else:
+        os.close(r)
+        os.close(w)
 
 
 class _SpliceRelay:
