@@ -70,6 +70,7 @@ class UdpAssociation:
         if outward_ip and _norm(outward_ip) == _norm(local_ip):
             self.outward[_family(local_ip)] = self.client_sock
         self.routes: OrderedDict[tuple[str, int], tuple[int, tuple]] = OrderedDict()
+        self.fast_routes: dict[bytes, tuple[gsocket.socket, tuple, int]] = {}
         self.sent_to: set[tuple[str, int]] = set()
         self.headers: dict[tuple[str, int], bytes] = {}
         self.inbound_any = self.config.udp_inbound == "any"
@@ -126,37 +127,55 @@ class UdpAssociation:
         return route
 
     def _from_client(self, data: bytes, src: tuple) -> None:
+        # Hot path: the header's ATYP|ADDR|PORT octets are the key of a cache of checked
+        # routes, so a known destination costs no parsing, no rule check and no lookup.
+        n = len(data)
+        atyp = data[3] if n > 4 else 0
+        end = 10 if atyp == 1 else 22 if atyp == 4 else 7 + data[4] if atyp == 3 else 0
+        route = self.fast_routes.get(data[3:end]) if 0 < end <= n else None
+        if route is None or data[0] or data[1] or data[2]:
+            route = self._slow_route(data)
+            if route is None:
+                return
+        sock, sockaddr, end = route
+        try:
+            sock.sendto(memoryview(data)[end:], sockaddr)
+        except OSError:
+            self._drop("send-error")
+            return
+        self.datagrams_up += 1
+        self.stats.udp_datagrams_up += 1
+        self.session.bytes_up += n - end
+        self.last = monotonic()
+
+    def _slow_route(self, data: bytes) -> tuple[gsocket.socket, tuple, int] | None:
+        """Parse, check and route a datagram whose header is not in the fast cache."""
         try:
             header, offset = decode_udp_datagram(data)
         except ProtocolError:
             self._drop("malformed")
-            return
+            return None
         if header.frag:
             self._drop("fragment")
-            return
+            return None
         try:
             family, sockaddr = self._route(header.address)
         except PolicyDenied:
             self.stats.rule_denials += 1
             self._drop("policy")
-            return
+            return None
         except UpstreamError:
             self._drop("unresolved")
-            return
-        try:
-            self._outward_socket(family).sendto(memoryview(data)[offset:], sockaddr)
-        except OSError:
-            self._drop("send-error")
-            return
+            return None
+        route = (self._outward_socket(family), sockaddr, offset)
+        if len(self.fast_routes) < ROUTE_CACHE_SIZE:
+            self.fast_routes[bytes(data[3:offset])] = route
         if len(self.sent_to) < SENT_TO_LIMIT:
             self.sent_to.add((_norm(sockaddr[0]), sockaddr[1]))
-        self.datagrams_up += 1
-        self.stats.udp_datagrams_up += 1
-        self.session.bytes_up += len(data) - offset
-        self.last = monotonic()
+        return route
 
     def _to_client(self, data: bytes, src: tuple) -> None:
-        key = (_norm(src[0]), src[1])
+        key = src if len(src) == 2 else (_norm(src[0]), src[1])
         if not self.inbound_any and key not in self.sent_to:
             self._drop("unsolicited")
             return
