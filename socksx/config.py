@@ -34,6 +34,7 @@ __all__ = [
     "KNOWN_KEYS",
     "SECTIONS",
     "TOP_LEVEL",
+    "AdminConfig",
     "Config",
     "ItemProblems",
     "Key",
@@ -217,6 +218,17 @@ def _addresses(value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(addresses)
 
 
+def _admin_listen(value: Any) -> str:
+    """HOST:PORT (normalised) or the absolute path of a UNIX socket."""
+    text = _string(value)
+    if text.startswith("/"):
+        return os.path.normpath(text)
+    if "/" in text:
+        msg = f"{text!r}: a UNIX socket path must be absolute"
+        raise ValueError(msg)
+    return format_host_port(parse_host_port(text))
+
+
 def _syslog_address(value: Any) -> str:
     """A Unix socket path, or HOST:PORT of a UDP syslog receiver."""
     text = _string(value)
@@ -302,6 +314,16 @@ class TlsConfig:
     cert: str | None = None
     key: str | None = None
     client_ca: str | None = None
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The admin listener (stats API, metrics, socksx top): docs/ADMIN.md."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:1081"
+    allow_remote: bool = False
+    token_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -391,6 +413,22 @@ SECTIONS: tuple[Section, ...] = (
         },
     ),
     Section(
+        "admin",
+        AdminConfig,
+        {
+            "enabled": Key(True, _boolean, "serve the admin API (stats, metrics, socksx top)"),
+            "listen": Key("127.0.0.1:1081", _admin_listen, "admin HOST:PORT or UNIX socket path"),
+            "allow_remote": Key(False, _boolean, "allow a non-loopback admin address"),
+            "token_file": Key(
+                "",
+                _optional_string,
+                "file holding the admin bearer token",
+                _unset_as_empty,
+                path=True,
+            ),
+        },
+    ),
+    Section(
         "log",
         LogConfig,
         {
@@ -432,6 +470,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     log: LogConfig = field(default_factory=LogConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     rules: tuple[Rule, ...] = ()
 
 
@@ -490,12 +529,38 @@ def _tls_needs_cert_and_key(values: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _admin_listen_is_local(values: Mapping[str, Any]) -> str | None:
+    admin = values["admin"]
+    if not admin.enabled or admin.allow_remote or admin.listen.startswith("/"):
+        return None
+    host = parse_host_port(admin.listen)[0]
+    if ipaddress.ip_address(host).is_loopback:
+        return None
+    # The API shows every client and destination (and may close sessions): never exposed by
+    # accident.
+    return f"{host} is not a loopback address: set admin.allow_remote = true to serve it there"
+
+
+def _admin_token_is_readable(values: Mapping[str, Any]) -> str | None:
+    path = values["admin"].token_file
+    if not path or not os.path.isfile(path):
+        return None  # unset, or already reported as missing
+    try:
+        with open(path, encoding="utf-8") as stream:
+            token = stream.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"cannot read the token: {exc}"
+    return None if token else "the token file is empty"
+
+
 #: Checks that involve several keys: (keys involved, check returning a problem or None), over
 #: the top-level values and the section dataclasses by name. The problem is reported at the
 #: first key, unless that key already has a problem.
 CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], str | None]], ...] = (
     (("users_file", "auth"), _userpass_needs_users_file),
     (("tls.listen", "tls.cert", "tls.key"), _tls_needs_cert_and_key),
+    (("admin.listen", "admin.allow_remote"), _admin_listen_is_local),
+    (("admin.token_file",), _admin_token_is_readable),
 )
 
 
