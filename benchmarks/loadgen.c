@@ -7,7 +7,9 @@
  * ever passes loopback ones). Every loop is bounded by a deadline or a count.
  *
  * Servers (print "port N" on stdout once listening, then serve until killed):
- *   loadgen echo    [bind=127.0.0.1]   TCP echo, one epoll thread; holds idle connections
+ *   loadgen echo    [bind=127.0.0.1]   TCP echo, one epoll thread; holds idle connections, and
+ *                                      closes a connection after echoing a newline (so the
+ *                                      server side closes first: see "TIME_WAIT" below)
  *   loadgen data    [bind=127.0.0.1]   throughput peer: sink for uploads, source for downloads
  *   loadgen udpecho [bind=127.0.0.1]   UDP echo
  *
@@ -20,6 +22,15 @@
  *       prints {"open":..} once N sessions relay, then waits for a line (or EOF) on stdin,
  *       checks that each held session still echoes, prints {"alive":..} and exits
  *   loadgen udp proxy=H:P|- target=H:P size=N window=W warmup=S duration=S
+ *
+ * TIME_WAIT: whoever closes a TCP connection first keeps it in TIME_WAIT for 60 s. If that were
+ * the client (on both legs: client -> proxy, proxy -> echo), tens of thousands of sessions
+ * would fill the ephemeral port range, and servers that bind() their outgoing socket before
+ * connecting (Dante does, to its "external" address) would fail with EADDRINUSE: a benchmark
+ * artifact, not a property of the server. So a session ends the way an HTTP/1.0 exchange
+ * does: the echo server closes after echoing the request (which ends in a newline), the proxy
+ * passes the EOF on, the client sees it and closes. The TIME_WAIT sockets then sit on the
+ * listening ports of the echo server and the proxy, which use up no ephemeral ports.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -369,7 +380,7 @@ static _Noreturn void serve_echo(void) {
                 sent = write_all(fd, buf + sent, (size_t)(got - sent)) ? -1 : got;
                 set_nonblocking(fd, 1);
             }
-            if (sent < 0) close(fd);
+            if (sent < 0 || buf[got - 1] == '\n') close(fd); /* a newline ends the session */
         }
     }
 }
@@ -565,7 +576,7 @@ static int client_tput(void) {
 /* ------------------------------------------------------------------------------------------ */
 /* session client (rate and idle): one epoll loop driving up to conc handshakes at once        */
 
-enum { S_FREE, S_CONNECTING, S_METHOD, S_AUTH, S_REPLY, S_ECHO, S_HELD };
+enum { S_FREE, S_CONNECTING, S_METHOD, S_AUTH, S_REPLY, S_ECHO, S_EOF, S_HELD };
 
 struct slot {
     int fd, state;
@@ -650,6 +661,12 @@ static int slot_step(struct sessions *g, struct slot *s, int index) {
     }
     ssize_t n = recv(s->fd, s->buf + s->have, sizeof s->buf - s->have, 0);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
+    if (n == 0 && s->state == S_EOF) {
+        close(s->fd);
+        s->fd = -1;
+        s->state = S_FREE;
+        return 1;
+    }
     if (n <= 0) {
         slot_fail(g, s, &g->err_proto);
         return 0;
@@ -682,12 +699,13 @@ static int slot_step(struct sessions *g, struct slot *s, int index) {
         if (g->hold) {
             epoll_ctl(g->ep, EPOLL_CTL_DEL, s->fd, NULL);
             s->state = S_HELD;
-        } else {
-            close(s->fd);
-            s->fd = -1;
-            s->state = S_FREE;
+            return 1;
         }
-        return 1;
+        s->state = S_EOF; /* the echo server closes after a newline: wait for its EOF */
+        s->have = 0;
+        return 0;
+    case S_EOF:
+        break; /* data after the echo */
     default:
         break;
     }
@@ -718,7 +736,8 @@ static void sessions_init(struct sessions *g) {
         memcpy(g->auth + 3 + ul, g->pass, pl);
         g->auth_len = 3 + ul + pl;
     }
-    for (int i = 0; i < 32; i++) g->payload[i] = (unsigned char)('a' + i % 26);
+    for (int i = 0; i < 31; i++) g->payload[i] = (unsigned char)('a' + i % 26);
+    g->payload[31] = '\n'; /* the echo server closes after echoing it */
     g->echo_len = 32;
     g->ep = epoll_create1(0);
     if (g->ep < 0) die("epoll_create1");
@@ -806,6 +825,7 @@ static int client_idle(void) {
     sessions_init(&g);
     g.hold = 1;
     g.echo_len = 1;
+    g.payload[0] = 'z'; /* no newline: the echo server keeps the session open */
     size_t conc = (size_t)opt_u("conc", 64), want = (size_t)opt_u("n", 1000);
     double timeout = opt_f("timeout", 120.0);
     if (conc < 1 || conc > MAX_CONC) usage("conc must be 1..1024");
@@ -850,8 +870,20 @@ static int client_idle(void) {
             recv(slots[i].fd, &b, 1, 0) == 1 && b == 'z')
             alive++;
     }
+    /* end the sessions from the echo server's side (see TIME_WAIT above): a newline each,
+     * then wait (bounded) for every EOF before closing */
     for (size_t i = 0; i < started; i++)
-        if (slots[i].state == S_HELD) close(slots[i].fd);
+        if (slots[i].state == S_HELD) send(slots[i].fd, "\n", 1, MSG_NOSIGNAL);
+    double close_deadline = now() + 10.0;
+    for (size_t i = 0; i < started; i++) {
+        if (slots[i].state != S_HELD) continue;
+        char tmp[16];
+        struct pollfd pfd = {.fd = slots[i].fd, .events = POLLIN};
+        int wait_ms = (int)((close_deadline - now()) * 1000);
+        while (wait_ms > 0 && poll(&pfd, 1, wait_ms) == 1 && recv(slots[i].fd, tmp, sizeof tmp, 0) > 0)
+            wait_ms = (int)((close_deadline - now()) * 1000);
+        close(slots[i].fd);
+    }
     printf("{\"alive\": %zu}\n", alive);
     return 0;
 }
