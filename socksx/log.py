@@ -84,8 +84,13 @@ def setup_logging(
     """Install one handler on the ``socksx`` logger (replacing any earlier one)."""
     handler: logging.Handler
     if target == "syslog":
+        address: str | tuple[str, int] = syslog_address
+        if not syslog_address.startswith("/"):
+            # HOST:PORT of a UDP receiver ([v6]:port allowed); a path is a Unix socket.
+            host, _, port = syslog_address.rpartition(":")
+            address = (host.strip("[]"), int(port))
         handler = logging.handlers.SysLogHandler(
-            address=syslog_address, facility=logging.handlers.SysLogHandler.LOG_DAEMON
+            address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON
         )
         formatter: logging.Formatter = (
             JsonFormatter() if fmt == "json" else TextFormatter(with_time=False)
