@@ -67,7 +67,10 @@ _TWO_OCTETS: Final = 2
 #: SOCKS4 reply: VN | CD | DSTPORT(2) | DSTIP(4).
 _SOCKS4_REPLY_SIZE: Final = 8
 #: Reply sizes by ATYP: head + address + port (RFC 1928 §5); domains add 1 + length.
-_REPLY_SIZE: Final = {Atyp.IPV4: _REPLY_HEAD + 4 + 2, Atyp.IPV6: _REPLY_HEAD + 16 + 2}
+_REPLY_SIZE: Final[dict[int, int]] = {
+    Atyp.IPV4: _REPLY_HEAD + 4 + 2,
+    Atyp.IPV6: _REPLY_HEAD + 16 + 2,
+}
 
 
 class _NeedData(enum.Enum):
@@ -375,4 +378,3 @@ def _maybe_read_raw_reply(buf: Buf) -> tuple[RawReply, int] | None:
     if len(buf) < size:
         return None
     return RawReply(bytes(buf[:size])), size
-
