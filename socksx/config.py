@@ -40,6 +40,7 @@ __all__ = [
     "Key",
     "Limits",
     "LogConfig",
+    "MultiBindConfig",
     "Section",
     "Timeouts",
     "format_host_port",
@@ -127,6 +128,19 @@ def _integer(minimum: int) -> Callable[[Any], int]:
             msg = f"{value} is below the minimum {minimum}"
             raise ValueError(msg)
         return value
+
+    return check
+
+
+def _integer_between(minimum: int, maximum: int) -> Callable[[Any], int]:
+    at_least = _integer(minimum)
+
+    def check(value: Any) -> int:
+        number = at_least(value)
+        if number > maximum:
+            msg = f"{number} is above the maximum {maximum}"
+            raise ValueError(msg)
+        return number
 
     return check
 
@@ -327,6 +341,19 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class MultiBindConfig:
+    """MULTI_BIND and ACCEPT (docs/PROTOCOL.md "Multi-bind"): limits and timers."""
+
+    enabled: bool = True
+    max_channels_per_request: int = 16
+    max_channels_per_user: int = 64
+    max_channels_per_client: int = 64
+    max_pending: int = 8
+    accept_timeout: float = 30.0
+    idle_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Where and how session lines and errors are logged."""
 
@@ -429,6 +456,27 @@ SECTIONS: tuple[Section, ...] = (
         },
     ),
     Section(
+        "multibind",
+        MultiBindConfig,
+        {
+            "enabled": Key(True, _boolean, "serve MULTI_BIND and ACCEPT (false: REP 07)"),
+            "max_channels_per_request": Key(
+                16, _integer_between(1, 16), "channels one MULTI_BIND may ask for (1..16)"
+            ),
+            "max_channels_per_user": Key(
+                64, _integer(0), "open channels per authenticated user (0: no limit)"
+            ),
+            "max_channels_per_client": Key(
+                64, _integer(0), "open channels per client address (0: no limit)"
+            ),
+            "max_pending": Key(8, _integer(1), "peer connections waiting per TCP channel"),
+            "accept_timeout": Key(
+                30.0, _seconds, "a waiting peer not accepted this long is closed (C2)"
+            ),
+            "idle_timeout": Key(300.0, _seconds, "a channel without traffic this long closes"),
+        },
+    ),
+    Section(
         "log",
         LogConfig,
         {
@@ -470,6 +518,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     log: LogConfig = field(default_factory=LogConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    multibind: MultiBindConfig = field(default_factory=MultiBindConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     rules: tuple[Rule, ...] = ()
 
@@ -553,12 +602,21 @@ def _admin_token_is_readable(values: Mapping[str, Any]) -> str | None:
     return None if token else "the token file is empty"
 
 
+def _multibind_needs_one_worker(values: Mapping[str, Any]) -> str | None:
+    # Channels and ACCEPT tokens live in the process that served the MULTI_BIND; with several
+    # workers an ACCEPT would land in another process ("auto" may mean several).
+    if values["multibind"].enabled and values["workers"] != 1:
+        return 'workers > 1 or "auto" needs multibind.enabled = false'
+    return None
+
+
 #: Checks that involve several keys: (keys involved, check returning a problem or None), over
 #: the top-level values and the section dataclasses by name. The problem is reported at the
 #: first key, unless that key already has a problem.
 CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], str | None]], ...] = (
     (("users_file", "auth"), _userpass_needs_users_file),
     (("tls.listen", "tls.cert", "tls.key"), _tls_needs_cert_and_key),
+    (("multibind.enabled", "workers"), _multibind_needs_one_worker),
     (("admin.listen", "admin.allow_remote"), _admin_listen_is_local),
     (("admin.token_file",), _admin_token_is_readable),
 )

@@ -104,6 +104,32 @@ class Notice(enum.IntEnum):
     ACCEPT_EXPIRED = 0xC2  #: PROTOCOL.md "Multi-bind": a waiting peer was not accepted in time
 
 
+MAX_CHANNELS = 16  #: PROTOCOL.md "Multi-bind": NCHAN is 1..16
+TOKEN_SIZE = 16  #: PROTOCOL.md "Multi-bind": the ACCEPT token, octets
+
+
+class ChannelType(enum.IntEnum):
+    """MULTI_BIND channel TYPE (docs/PROTOCOL.md "Multi-bind")."""
+
+    TCP = 0x01  #: PROTOCOL.md "Multi-bind": a TCP listener
+    UDP = 0x02  #: PROTOCOL.md "Multi-bind": a UDP relay
+
+
+class ChannelFlag(enum.IntFlag):
+    """MULTI_BIND channel FLAGS bits (docs/PROTOCOL.md "Multi-bind")."""
+
+    RTP_PAIR = 0x01  #: PROTOCOL.md "Multi-bind": this UDP channel and the next form a pair
+
+
+class ChannelCloseReason(enum.IntEnum):
+    """REASON of a C1 CHANNEL_CLOSED notice (docs/PROTOCOL.md "Multi-bind")."""
+
+    IDLE = 0x01  #: PROTOCOL.md "Multi-bind": no traffic for multibind.idle_timeout
+    POLICY = 0x02  #: PROTOCOL.md "Multi-bind": the access rules no longer allow it
+    ERROR = 0x03  #: PROTOCOL.md "Multi-bind": a socket error on the channel
+    SHUTDOWN = 0x04  #: PROTOCOL.md "Multi-bind": the server is shutting down
+
+
 class UserPassStatus(enum.IntEnum):
     """RFC 1929 §2 STATUS: 0 is success, anything else is failure."""
 

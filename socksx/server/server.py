@@ -34,6 +34,7 @@ from socksx.protocol.constants import Command
 from socksx.server import bind, connect, udp
 from socksx.server.auth import Authenticator, load_users
 from socksx.server.limits import SessionLimiter
+from socksx.server.multibind import handle_accept, handle_multibind
 from socksx.server.rules import RuleSet
 from socksx.server.session import HANDLERS, Session
 from socksx.server.stats import ServerStats
@@ -53,6 +54,8 @@ Resolver = Callable[[str, int], list[tuple[int, tuple]]]
 HANDLERS.setdefault(Command.CONNECT, connect.handle)
 HANDLERS.setdefault(Command.BIND, bind.handle)
 HANDLERS.setdefault(Command.UDP_ASSOCIATE, udp.handle)
+HANDLERS.setdefault(Command.MULTI_BIND, handle_multibind)
+HANDLERS.setdefault(Command.ACCEPT, handle_accept)
 
 
 def system_resolver(host: str, port: int) -> list[tuple[int, tuple]]:
