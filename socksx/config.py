@@ -240,6 +240,9 @@ def _admin_listen(value: Any) -> str:
     if "/" in text:
         msg = f"{text!r}: a UNIX socket path must be absolute"
         raise ValueError(msg)
+    if ":" not in text:
+        msg = f"{text!r} is neither HOST:PORT nor an absolute UNIX socket path"
+        raise ValueError(msg)
     return format_host_port(parse_host_port(text))
 
 

@@ -32,6 +32,7 @@ from socksx.errors import ConfigError, ConfigProblem, SocksError
 from socksx.log import logger, setup_logging
 from socksx.protocol.constants import Command
 from socksx.server import bind, connect, udp
+from socksx.server.admin import start_admin
 from socksx.server.auth import Authenticator, load_users
 from socksx.server.limits import SessionLimiter
 from socksx.server.multibind import handle_accept, handle_multibind
@@ -159,6 +160,7 @@ class Server:
         self.tunnels: dict[str, Any] = {}  # UDP tunnels, both ends (issue 5)
         self.multibinds: dict[str, Any] = {}  # MULTI_BIND control channels (issue 7)
         self.listeners: list[Listener] = []
+        self.admin: Any = None  # the admin API listener (socksx.server.admin), when serving
         self.stopped = Event()
         self._apply(config)
 
@@ -249,6 +251,12 @@ class Server:
         ]
         for listener in self.listeners:
             listener.stream.start()
+        try:
+            self.admin = start_admin(self)
+        except BaseException:
+            for listener in self.listeners:
+                listener.stream.close()
+            raise
         for listener in self.listeners:
             fields = {"address": _fmt(listener.address), "auth": listener.auth}
             if listener.tls:
@@ -259,6 +267,11 @@ class Server:
     def addresses(self) -> list[tuple[str, int]]:
         """The bound (host, port) of every listener, in config order."""
         return [listener.address for listener in self.listeners]
+
+    @property
+    def admin_address(self) -> tuple[str, int] | str | None:
+        """The admin API's bound (host, port) or UNIX socket path; None when not serving."""
+        return None if self.admin is None else self.admin.address
 
     def warn_refused(self, ip: str, reason: str) -> None:
         """Log a refused connection, at most once a second (a flood must not flood the log)."""
@@ -290,6 +303,9 @@ class Server:
             if left:
                 logger.info("shutdown: ending %d sessions after the grace period", left)
             self.pool.kill(timeout=1)
+        if self.admin is not None:
+            self.admin.close()
+            self.admin = None
         self.stopped.set()
 
     def serve_forever(self) -> None:

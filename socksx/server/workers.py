@@ -11,7 +11,9 @@ the workers to drain.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +25,7 @@ from gevent.event import Event
 from socksx.config import Config
 from socksx.errors import ConfigError
 from socksx.log import logger
+from socksx.server import admin
 from socksx.server.server import ListenError, bind_listen_socket, listen_specs
 
 __all__ = ["Supervisor", "worker_count"]
@@ -54,6 +57,11 @@ class Supervisor:
         self.stopping = False
         self.all_exited = Event()
         self._handlers: list[Any] = []
+        # The admin API: the supervisor's listener sums what each worker serves on a private
+        # UNIX socket (worker index -> path, filled once the private directory exists).
+        self.admin: admin.AdminListener | None = None
+        self.worker_admin: dict[str, str] = {}
+        self._admin_dir: str | None = None
 
     def bind(self) -> None:
         """Bind count x addresses sockets; a port 0 is resolved once and shared.
@@ -70,6 +78,7 @@ class Supervisor:
                         port = self.sockets[0][i].getsockname()[1]
                     row.append(bind_listen_socket(host, port, source, reuseport=True))
                 self.sockets.append(row)
+            self.admin = admin.start_supervisor_admin(self.config.admin, source, self.worker_admin)
         except (ConfigError, ListenError):
             for sock in (s for row in self.sockets for s in row):
                 sock.close()
@@ -91,6 +100,9 @@ class Supervisor:
                 if i != index:
                     for sock in row:
                         sock.close()
+            if self.admin is not None:
+                self.admin.close(unlink=False)  # the parent's socket and file
+                admin.serve_worker_admin_at(self.worker_admin[str(index)])
             code = 0
             try:
                 self.run_worker(self.sockets[index])
@@ -142,6 +154,12 @@ class Supervisor:
     def serve_forever(self) -> None:
         """Fork the workers and supervise them until stopped and drained."""
         self.drop_privileges()
+        if self.admin is not None:
+            # Made after the privilege drop, so the workers can create their sockets in it.
+            self._admin_dir = tempfile.mkdtemp(prefix="socksx-admin-")
+            for index in range(self.count):
+                self.worker_admin[str(index)] = os.path.join(self._admin_dir, f"{index}.sock")
+            self.admin.start()
         self._handlers = [
             gevent.signal_handler(signal.SIGTERM, self._stop, signal.SIGTERM),
             gevent.signal_handler(signal.SIGINT, self._stop, signal.SIGINT),
@@ -157,6 +175,10 @@ class Supervisor:
                 handler.cancel()
             for sock in (s for row in self.sockets for s in row):
                 sock.close()
+            if self.admin is not None:
+                self.admin.close()
+            if self._admin_dir is not None:
+                shutil.rmtree(self._admin_dir, ignore_errors=True)
         logger.info("stopped")
 
 
