@@ -616,6 +616,9 @@ def run_rate(env: Env, target: Target) -> dict[str, Any]:
     if len(cpu) == 2:
         result["cpu_s"] = cpu["end"] - cpu["start"]
         result["cpu_us/session"] = result["cpu_s"] / result["sessions"] * 1e6
+        # cores the server kept busy: well below its process count means it was not CPU-bound
+        # (or, on a shared machine, did not get the CPU)
+        result["server_cores"] = result["cpu_s"] / result["seconds"]
     return result
 
 
@@ -724,6 +727,7 @@ def make_cases(env: Env) -> list[Case]:
         ("p50_us", "p50 us"),
         ("p99_us", "p99 us"),
         ("cpu_us/session", "server CPU us/session"),
+        ("server_cores", "server cores busy"),
         ("errors", "errors"),
     ]
     cases.append(
