@@ -39,10 +39,12 @@ from socksx.protocol.socks4 import Socks4Reply, Socks4Request
 __all__ = [
     "DEFAULT_PORT",
     "BindHandle",
+    "MultiBind",
     "ProxyURL",
     "UdpAssociation",
     "bind",
     "connect",
+    "multi_bind",
     "parse_proxy_url",
     "probe_reachable",
     "proxy_from_env",
@@ -493,3 +495,7 @@ def _closing_on_error(session: Session) -> Iterator[None]:
     except BaseException:
         session.close()
         raise
+
+
+# Last: the extension clients build on the helpers above (an import at the top would be a cycle).
+from socksx.client.multibind import MultiBind, multi_bind  # noqa: E402

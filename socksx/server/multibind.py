@@ -38,6 +38,7 @@ from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent import select as gselect
 from gevent import socket as gsocket
 from gevent.event import AsyncResult
 from gevent.lock import Semaphore
@@ -78,6 +79,7 @@ PAIR_ATTEMPTS = 64  #: tries to find two free consecutive UDP ports, the first e
 LISTEN_BACKLOG = 128  #: kernel queue of a TCP channel (peers are accepted at once anyway)
 CACHE_LIMIT = 4096  #: remembered peer verdicts / headers per MULTI_BIND (bounded memory)
 ROUTE_CACHE_SIZE = 256  #: remembered client datagram destinations per MULTI_BIND
+DRAIN_LIMIT = 64  #: REL datagrams handled inline when a peer datagram finds no client yet
 SHUTDOWN_NOTICE_TIME = 1.0  #: seconds to tell the client about a shutdown before closing
 _ANY_PEER = frozenset({Address("0.0.0.0", 0), Address("::", 0)})
 #: accept() failures that say "out of resources for now", not "this listener is broken".
@@ -339,9 +341,9 @@ class UdpChannel(Channel):
         return BoundChannel(self.chan_id, ChannelType.UDP, self.bound, self.relay)
 
     def start(self, group: Group) -> None:
-        """One loop per socket."""
-        group.spawn(self._serve_peers)
+        """One loop per socket (the client's first: its registration goes before peers)."""
         group.spawn(self._serve_client)
+        group.spawn(self._serve_peers)
 
     def close(self) -> None:
         """Close both sockets."""
@@ -367,8 +369,10 @@ class UdpChannel(Channel):
                 dropped[verdict] += 1
                 continue
             if self.client_addr is None:
-                dropped["unregistered"] += 1
-                continue
+                self._drain_client()
+                if self.client_addr is None:
+                    dropped["unregistered"] += 1
+                    continue
             header = headers.get(key)
             if header is None:
                 header = b"\0\0\0" + Address.from_ip(*key).to_bytes()
@@ -386,10 +390,9 @@ class UdpChannel(Channel):
             self.last = time.monotonic()
 
     def _serve_client(self) -> None:
-        """Client -> peer: the first datagram registers the client's endpoint; then routed."""
-        sock, owner = self.rel_sock, self.owner
-        session, dropped, client_ip = owner.session, self.dropped, owner.client_ip
-        recvfrom, sendto, route_of = sock.recvfrom, self.peer_sock.sendto, owner.route
+        """Client -> peer: every datagram REL receives."""
+        sock, handle = self.rel_sock, self._from_client
+        recvfrom = sock.recvfrom
         while True:
             try:
                 data, src = recvfrom(UDP_RECV_SIZE)
@@ -397,41 +400,66 @@ class UdpChannel(Channel):
                 if sock.fileno() < 0:
                     return
                 continue
-            if _norm(src[0]) != client_ip:
-                dropped["foreign-source"] += 1
-                continue
-            if self.client_addr is None:
-                self.client_addr = src
-            elif src[1] != self.client_addr[1]:
-                dropped["foreign-source"] += 1
-                continue
-            self.last = time.monotonic()
+            handle(data, src)
+
+    def _drain_client(self) -> None:
+        """Handle what REL has already received, without waiting.
+
+        A peer datagram found before the client registered may have raced a registration that
+        is already in REL's queue (the two sockets are served by different greenlets): reading
+        REL first keeps "before registration" meaning what the client sees.
+        """
+        sock = self.rel_sock
+        for _ in range(DRAIN_LIMIT):
+            readable, _, _ = gselect.select([sock], [], [], 0)
+            if not readable:
+                return
             try:
-                header, offset = decode_udp_datagram(data)
-            except ProtocolError:
-                dropped["malformed"] += 1
-                continue
-            if header.frag:
-                dropped["fragment"] += 1
-                continue
-            if header.address in _ANY_PEER:
-                # 0.0.0.0:0 without data only registers the endpoint (done above).
-                if len(data) > offset:
-                    dropped["no-destination"] += 1
-                continue
-            route = route_of(header.address, self.peer_sock.family)
-            if isinstance(route, str):
-                dropped[route] += 1
-                continue
-            try:
-                sendto(memoryview(data)[offset:], route)
+                data, src = sock.recvfrom(UDP_RECV_SIZE)
             except OSError:
-                dropped["send-error"] += 1
-                continue
-            size = len(data) - offset
-            self.datagrams_up += 1
-            self.bytes_up += size
-            session.bytes_up += size
+                return
+            self._from_client(data, src)
+            if self.client_addr is not None:
+                return
+
+    def _from_client(self, data: bytes, src: tuple[Any, ...]) -> None:
+        """One datagram at REL: the first from the client's IP registers it; then routed."""
+        dropped = self.dropped
+        if _norm(src[0]) != self.owner.client_ip:
+            dropped["foreign-source"] += 1
+            return
+        if self.client_addr is None:
+            self.client_addr = src
+        elif src[1] != self.client_addr[1]:
+            dropped["foreign-source"] += 1
+            return
+        self.last = time.monotonic()
+        try:
+            header, offset = decode_udp_datagram(data)
+        except ProtocolError:
+            dropped["malformed"] += 1
+            return
+        if header.frag:
+            dropped["fragment"] += 1
+            return
+        if header.address in _ANY_PEER:
+            # 0.0.0.0:0 without data only registers the endpoint (done above).
+            if len(data) > offset:
+                dropped["no-destination"] += 1
+            return
+        route = self.owner.route(header.address, self.peer_sock.family)
+        if isinstance(route, str):
+            dropped[route] += 1
+            return
+        try:
+            self.peer_sock.sendto(memoryview(data)[offset:], route)
+        except OSError:
+            dropped["send-error"] += 1
+            return
+        size = len(data) - offset
+        self.datagrams_up += 1
+        self.bytes_up += size
+        self.owner.session.bytes_up += size
 
     def snapshot(self) -> dict[str, Any]:
         """Datagrams and bytes both ways, and whether the client has registered."""
@@ -483,6 +511,9 @@ def _udp_pair(ip: str) -> tuple[gsocket.socket, gsocket.socket]:
 def _tcp_listener(ip: str) -> gsocket.socket:
     sock = gsocket.socket(_family(ip), gsocket.SOCK_STREAM)
     try:
+        # Peer connections closed by us linger in TIME_WAIT on this port; with SO_REUSEADDR on
+        # the listener they inherit it, so the port can be bound again as soon as we close.
+        sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
         sock.bind((ip, 0))
         sock.listen(LISTEN_BACKLOG)
     except OSError:
@@ -782,8 +813,9 @@ def handle_multibind(session: Session, request: MultiBindRequest) -> None:
         session.send(reply)
         session.result = multibind.run()
     finally:
-        server.multibinds.pop(multibind.id, None)
+        # Closed first: once it is gone from the registry, its ports are free.
         multibind.close()
+        server.multibinds.pop(multibind.id, None)
 
 
 def handle_accept(session: Session, request: AcceptRequest) -> None:
