@@ -43,6 +43,8 @@ __all__ = [
     "MultiBindConfig",
     "Section",
     "Timeouts",
+    "TunnelConfig",
+    "TunnelPeer",
     "format_host_port",
     "load",
     "loads",
@@ -257,6 +259,88 @@ def _syslog_address(value: Any) -> str:
     return text
 
 
+_PEER_KEYS = ("address", "ca", "name", "fingerprint")
+
+
+def _peer_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` of a peer gateway: an IP literal (IPv6 in brackets) or a DNS name."""
+    match = re.fullmatch(r"\[([^\]]*)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", text)
+    if match is None or not 0 < int(match.group(2) or match.group(4)) <= 65535:
+        msg = f"{text!r} is not HOST:PORT (IPv6 as [addr]:port, port 1..65535)"
+        raise ValueError(msg)
+    if match.group(1) is not None:
+        return parse_host_port(text)
+    host, port = match.group(3), int(match.group(4))
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        pass
+    from socksx.protocol.address import name_problem
+
+    problem = name_problem(host)
+    if problem or not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        msg = f"{text!r}: {problem or 'a host name has only letters, digits, dots and dashes'}"
+        raise ValueError(msg)
+    return host.lower().rstrip("."), port
+
+
+def _tunnel_peers(value: Any) -> tuple[TunnelPeer, ...]:
+    """The ``[[tunnel.peer]]`` tables (``ca`` stays relative here: see ``_peer_paths``)."""
+    from socksx.protocol.tunnel import parse_fingerprint
+
+    if not isinstance(value, list):
+        msg = f"must be a list of [[tunnel.peer]] tables, not {_type_name(value)} {value!r}"
+        raise ValueError(msg)
+    peers, problems = [], []
+    for index, table in enumerate(value):
+        where = f"[{index}]"
+        if not isinstance(table, dict):
+            problems.append((where, f"must be a table, not {_type_name(table)}"))
+            continue
+        problems += [(f"{where}.{k}", "unknown key") for k in table if k not in _PEER_KEYS]
+        fields: dict[str, Any] = {}
+        for name in _PEER_KEYS:
+            try:
+                text = _string(table.get(name, ""))
+                if name == "address":
+                    if not text:
+                        msg = "required"
+                        raise ValueError(msg)
+                    fields[name] = _peer_address(text)
+                elif name == "fingerprint" and text:
+                    fields[name] = "sha256:" + parse_fingerprint(text).hex()
+                else:
+                    fields[name] = text or None
+            except ValueError as exc:
+                problems.append((f"{where}.{name}", str(exc)))
+        if "address" in fields and "fingerprint" in fields:
+            peers.append(TunnelPeer(**fields))
+    if problems:
+        raise ItemProblems(problems)
+    return tuple(peers)
+
+
+def _peer_paths(peers: tuple[TunnelPeer, ...], base_dir: str) -> tuple[TunnelPeer, ...]:
+    """Each peer's ``ca`` taken relative to the config file's directory, and required to exist."""
+    out, problems = [], []
+    for index, peer in enumerate(peers):
+        if peer.ca:
+            path = os.path.normpath(os.path.join(base_dir, peer.ca))
+            if not os.path.isfile(path):
+                problems.append((f"[{index}].ca", f"file not found: {path}"))
+            peer = dataclasses.replace(peer, ca=path)
+        out.append(peer)
+    if problems:
+        raise ItemProblems(problems)
+    return tuple(out)
+
+
+def _optional_host_port(value: Any) -> tuple[str, int] | None:
+    """``""`` (not set) or an ``IP:PORT``."""
+    text = _string(value)
+    return parse_host_port(text) if text else None
+
+
 # --------------------------------------------------------------------------- dumpers
 
 
@@ -276,6 +360,22 @@ def _dump_workers(value: int | None) -> int | str:
     return "auto" if value is None else value
 
 
+def _dump_optional_host_port(value: tuple[str, int] | None) -> str:
+    return "" if value is None else format_host_port(value)
+
+
+def _dump_peers(peers: tuple[TunnelPeer, ...]) -> list[dict[str, str]]:
+    return [
+        {
+            "address": format_host_port(p.address),
+            "ca": p.ca or "",
+            "name": p.name or "",
+            "fingerprint": p.fingerprint or "",
+        }
+        for p in peers
+    ]
+
+
 # --------------------------------------------------------------------------- the schema
 
 
@@ -289,6 +389,10 @@ class Key:
     dump: Callable[[Any], Any] = _same
     #: a file path: resolved against the config file's directory and required to exist
     path: bool = False
+    #: after ``check``: (value, config directory) -> value, e.g. paths inside a list of tables;
+    #: raises ItemProblems
+    finish: Callable[[Any, str], Any] | None = None
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +458,29 @@ class MultiBindConfig:
     max_pending: int = 8
     accept_timeout: float = 30.0
     idle_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class TunnelPeer:
+    """A gateway B this server may open tunnels to (``[[tunnel.peer]]``)."""
+
+    address: tuple[str, int]
+    ca: str | None = None
+    name: str | None = None
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    """SETUP_UDP_TUNNEL, both ends (docs/PROTOCOL.md "UDP tunnels")."""
+
+    enabled: bool = True
+    keepalive: float = 25.0
+    dead_after: float = 90.0
+    allow_any_peer: bool = False
+    udp_bind: tuple[str, int] | None = None
+    max_tunnels: int = 1000
+    peer: tuple[TunnelPeer, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -480,6 +607,29 @@ SECTIONS: tuple[Section, ...] = (
         },
     ),
     Section(
+        "tunnel",
+        TunnelConfig,
+        {
+            "enabled": Key(True, _boolean, "serve SETUP_UDP_TUNNEL (false: REP 07)"),
+            "keepalive": Key(25.0, _seconds, "send a keepalive after this long without sending"),
+            "dead_after": Key(90.0, _seconds, "end a tunnel after this long without the peer"),
+            "allow_any_peer": Key(
+                False, _boolean, "let clients tunnel to gateways not listed in [[tunnel.peer]]"
+            ),
+            "udp_bind": Key(
+                "",
+                _optional_host_port,
+                "IP:PORT of the PROTO 02 endpoint (\"\": the TLS listener's IP, any port)",
+                _dump_optional_host_port,
+            ),
+            "max_tunnels": Key(1000, _integer(0), "open tunnel ends at once (0: no limit)"),
+            "peer": Key(
+                [], _tunnel_peers, "gateways B (address, ca, name, fingerprint)", _dump_peers,
+                finish=_peer_paths,
+            ),
+        },
+    ),
+    Section(
         "log",
         LogConfig,
         {
@@ -522,6 +672,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     multibind: MultiBindConfig = field(default_factory=MultiBindConfig)
+    tunnel: TunnelConfig = field(default_factory=TunnelConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     rules: tuple[Rule, ...] = ()
 
@@ -613,6 +764,21 @@ def _multibind_needs_one_worker(values: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _tunnel_needs_one_worker(values: Mapping[str, Any]) -> str | None:
+    # A tunnel's TLS connection, UDP sockets and PROTO 02 endpoint live in the process that
+    # served the request; several workers would split one endpoint's tunnels ("auto" may too).
+    if values["tunnel"].enabled and values["workers"] != 1:
+        return 'workers > 1 or "auto" needs tunnel.enabled = false'
+    return None
+
+
+def _tunnel_keepalive_below_dead_after(values: Mapping[str, Any]) -> str | None:
+    tunnel = values["tunnel"]
+    if tunnel.keepalive >= tunnel.dead_after:
+        return "must be shorter than tunnel.dead_after (a live peer would be declared dead)"
+    return None
+
+
 #: Checks that involve several keys: (keys involved, check returning a problem or None), over
 #: the top-level values and the section dataclasses by name. The problem is reported at the
 #: first key, unless that key already has a problem.
@@ -620,6 +786,8 @@ CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], str | N
     (("users_file", "auth"), _userpass_needs_users_file),
     (("tls.listen", "tls.cert", "tls.key"), _tls_needs_cert_and_key),
     (("multibind.enabled", "workers"), _multibind_needs_one_worker),
+    (("tunnel.enabled", "workers"), _tunnel_needs_one_worker),
+    (("tunnel.keepalive", "tunnel.dead_after"), _tunnel_keepalive_below_dead_after),
     (("admin.listen", "admin.allow_remote"), _admin_listen_is_local),
     (("admin.token_file",), _admin_token_is_readable),
 )
@@ -693,6 +861,12 @@ def _check_section(
                 problems.add(dotted, f"file not found: {value}")
             elif not os.path.isfile(value):
                 problems.add(dotted, f"not a regular file: {value}")
+        if key.finish is not None:
+            try:
+                value = key.finish(value, base_dir)
+            except ItemProblems as exc:
+                for suffix, message in exc.items:
+                    problems.add(dotted + suffix, message)
         values[name] = value
     if section.name:
         for name in raw:
@@ -796,5 +970,7 @@ def _toml_value(value: Any) -> str:
         return _toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     msg = f"cannot write {type(value).__name__} as TOML"
     raise TypeError(msg)

@@ -130,6 +130,24 @@ class ChannelCloseReason(enum.IntEnum):
     SHUTDOWN = 0x04  #: PROTOCOL.md "Multi-bind": the server is shutting down
 
 
+class TunnelProto(enum.IntEnum):
+    """SETUP_UDP_TUNNEL PROTO: how datagrams travel between two gateways."""
+
+    TLS = 0x01  #: PROTOCOL.md "UDP tunnels": frames inside the TLS control connection
+    UDP = 0x02  #: PROTOCOL.md "UDP tunnels": sealed datagrams over UDP
+
+
+class TunnelDir(enum.IntEnum):
+    """The TYPE octet of a PROTO 02 sealed datagram: its direction."""
+
+    A_TO_B = 0x01  #: PROTOCOL.md "UDP tunnels": from the gateway that asked for the tunnel
+    B_TO_A = 0x02  #: PROTOCOL.md "UDP tunnels": from the gateway that granted it
+
+
+TUNNEL_KEY_BLOCK_LEN = 36  #: PROTOCOL.md "UDP tunnels": LEN of TUNNEL_ID(4) | KEY(32)
+TUNNEL_FRAME_MAX = 0xFFFF  #: PROTOCOL.md "UDP tunnels": a PROTO 01 frame's LEN is two octets
+
+
 class UserPassStatus(enum.IntEnum):
     """RFC 1929 §2 STATUS: 0 is success, anything else is failure."""
 

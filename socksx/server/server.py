@@ -31,7 +31,7 @@ from socksx.config import load as load_config
 from socksx.errors import ConfigError, ConfigProblem, SocksError
 from socksx.log import logger, setup_logging
 from socksx.protocol.constants import Command
-from socksx.server import bind, connect, udp
+from socksx.server import bind, connect, tunnel, udp
 from socksx.server.admin import start_admin
 from socksx.server.auth import Authenticator, load_users
 from socksx.server.limits import SessionLimiter
@@ -55,6 +55,7 @@ Resolver = Callable[[str, int], list[tuple[int, tuple]]]
 HANDLERS.setdefault(Command.CONNECT, connect.handle)
 HANDLERS.setdefault(Command.BIND, bind.handle)
 HANDLERS.setdefault(Command.UDP_ASSOCIATE, udp.handle)
+HANDLERS.setdefault(Command.SETUP_UDP_TUNNEL, tunnel.handle)
 HANDLERS.setdefault(Command.MULTI_BIND, handle_multibind)
 HANDLERS.setdefault(Command.ACCEPT, handle_accept)
 
@@ -219,6 +220,7 @@ class Server:
         if new.log != old.log:
             log = new.log
             setup_logging(log.format, log.target, log.level, log.syslog_address)
+        tunnel.config_changed(self)  # ends tunnels the new config no longer allows
         logger.info("config reloaded", extra={"fields": {"source": new.source}})
         return True
 
