@@ -9,5 +9,6 @@ from socksx.cli.config import config
 from socksx.cli.connect import connect
 from socksx.cli.passwd import passwd
 from socksx.cli.server import server
+from socksx.cli.top import top
 
-ALL: list[click.Command] = [server, connect, check, config, passwd]
+ALL: list[click.Command] = [server, connect, check, config, passwd, top]

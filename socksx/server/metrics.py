@@ -27,7 +27,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 EXTENSION_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "relays": ("socksx_mcast_relay", "multicast relay", ("members",)),
     "tunnels": ("socksx_tunnel", "UDP tunnel", ()),
-    "multibinds": ("socksx_multibind", "multi-bind channel set", ("channels", "peers")),
+    "multibinds": ("socksx_multibind", "multi-bind control channel", ("channels",)),
 }
 
 #: Counter family -> its label name ("" = none) and what it counts.
