@@ -40,6 +40,7 @@ __all__ = [
     "Key",
     "Limits",
     "LogConfig",
+    "McastConfig",
     "MultiBindConfig",
     "Section",
     "Timeouts",
@@ -341,6 +342,61 @@ def _optional_host_port(value: Any) -> tuple[str, int] | None:
     return parse_host_port(text) if text else None
 
 
+def _ttl(value: Any) -> int:
+    """A multicast TTL / hop limit, 0..255 (0: the datagrams never leave the host)."""
+    number = _integer(0)(value)
+    if number > 255:  # the IP TTL field is one octet
+        msg = f"{number} is above the maximum 255"
+        raise ValueError(msg)
+    return number
+
+
+def _seconds_or_zero(value: Any) -> float:
+    """A finite number of seconds >= 0 (0: never)."""
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return _seconds(value)
+
+
+def _tls_for_join(value: Any) -> bool | str:
+    """true, false, or "auto" (required on listeners that are not loopback)."""
+    if isinstance(value, bool) or value == "auto":
+        return value  # type: ignore[no-any-return]
+    msg = f'{value!r} is not true, false or "auto"'
+    raise ValueError(msg)
+
+
+def _networks(multicast: bool) -> Callable[[Any], tuple[Any, ...]]:
+    def check(value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            msg = f'must be a list such as ["239.192.76.0/24"], not {_type_name(value)} {value!r}'
+            raise ValueError(msg)
+        nets, problems = [], []
+        for index, item in enumerate(value):
+            try:
+                net = ipaddress.ip_network(_string(item), strict=True)
+                if multicast and not net.is_multicast:
+                    msg = f"{item!r} is not a multicast network"
+                    raise ValueError(msg)
+                nets.append(net)
+            except ValueError as exc:
+                problems.append((f"[{index}]", str(exc)))
+        if problems:
+            raise ItemProblems(problems)
+        return tuple(nets)
+
+    return check
+
+
+def _mcast_policies(value: Any) -> tuple[Any, ...]:
+    from socksx.server.mcast.policy import parse_policies
+
+    policies, problems = parse_policies(value)
+    if problems:
+        raise ItemProblems(problems)
+    return policies
+
+
 # --------------------------------------------------------------------------- dumpers
 
 
@@ -374,6 +430,16 @@ def _dump_peers(peers: tuple[TunnelPeer, ...]) -> list[dict[str, str]]:
         }
         for p in peers
     ]
+
+
+def _dump_networks(value: tuple[Any, ...]) -> list[str]:
+    return [str(n) for n in value]
+
+
+def _dump_policies(value: tuple[Any, ...]) -> list[dict[str, Any]]:
+    from socksx.server.mcast.policy import policy_to_table
+
+    return [policy_to_table(p) for p in value]
 
 
 # --------------------------------------------------------------------------- the schema
@@ -481,6 +547,27 @@ class TunnelConfig:
     udp_bind: tuple[str, int] | None = None
     max_tunnels: int = 1000
     peer: tuple[TunnelPeer, ...] = ()
+
+
+@dataclass(frozen=True)
+class McastConfig:
+    """JOIN/LEAVE_MCAST_GROUP and the multicast relay (docs/PROTOCOL.md "Multicast")."""
+
+    enabled: bool = True
+    mode: str = "unicast"
+    encryption: str = "secretbox"
+    public_interface: str | None = "127.0.0.1"
+    intranet_interface: str | None = "127.0.0.1"
+    intranet_pool: tuple[Any, ...] = (ipaddress.ip_network("239.192.76.0/24"),)
+    ttl_public: int = 0
+    ttl_intranet: int = 1
+    rekey_interval: float = 3600.0
+    max_groups_per_channel: int = 16
+    require_tls_for_join: bool | str = "auto"
+    deny_sources: tuple[Any, ...] = ()
+    member_timeout: float = 90.0
+    default_permission: str = "both"
+    policy: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -630,6 +717,49 @@ SECTIONS: tuple[Section, ...] = (
         },
     ),
     Section(
+        "mcast",
+        McastConfig,
+        {
+            "enabled": Key(True, _boolean, "serve JOIN/LEAVE_MCAST_GROUP (false: REP 07)"),
+            "mode": Key(
+                "unicast", _choice("unicast", "multicast"), "how the relay reaches members"
+            ),
+            "encryption": Key(
+                "secretbox", _choice("secretbox", "none"), "seal intranet relay traffic"
+            ),
+            "public_interface": Key(
+                "127.0.0.1", _optional_ip, "IP of the interface public groups are joined on",
+                _unset_as_empty,
+            ),
+            "intranet_interface": Key(
+                "127.0.0.1", _optional_ip, "IP of the interface facing the members",
+                _unset_as_empty,
+            ),
+            "intranet_pool": Key(
+                ["239.192.76.0/24"], _networks(True), "intranet groups (multicast mode)",
+                _dump_networks,
+            ),
+            "ttl_public": Key(0, _ttl, "TTL / hop limit of datagrams sent to public groups"),
+            "ttl_intranet": Key(1, _ttl, "TTL / hop limit on the intranet (multicast mode)"),
+            "rekey_interval": Key(
+                3600.0, _seconds_or_zero, "new group key this often (0: on departures only)"
+            ),
+            "max_groups_per_channel": Key(16, _integer(1), "groups one control channel may hold"),
+            "require_tls_for_join": Key(
+                "auto", _tls_for_join, "refuse JOIN on plaintext channels (auto: non-loopback)"
+            ),
+            "deny_sources": Key(
+                [], _networks(False), "public sources never relayed (loops, other gateways)",
+                _dump_networks,
+            ),
+            "member_timeout": Key(90.0, _seconds, "a member silent this long expires (B4)"),
+            "default_permission": Key(
+                "both", _choice("none", "receive", "send", "both"), "when no policy matches"
+            ),
+            "policy": Key([], _mcast_policies, "[[mcast.policy]] tables", _dump_policies),
+        },
+    ),
+    Section(
         "log",
         LogConfig,
         {
@@ -674,6 +804,7 @@ class Config:
     multibind: MultiBindConfig = field(default_factory=MultiBindConfig)
     tunnel: TunnelConfig = field(default_factory=TunnelConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    mcast: McastConfig = field(default_factory=McastConfig)
     rules: tuple[Rule, ...] = ()
 
 
@@ -779,12 +910,34 @@ def _tunnel_keepalive_below_dead_after(values: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _mcast_needs_one_worker(values: Mapping[str, Any]) -> str | None:
+    # Relays, keys and memberships live in the process that served the JOIN: with several
+    # workers two members of one group could get two relays ("auto" may mean several).
+    if values["mcast"].enabled and values["workers"] != 1:
+        return 'workers > 1 or "auto" needs mcast.enabled = false'
+    return None
+
+
+def _mcast_pool_fits_interface(values: Mapping[str, Any]) -> str | None:
+    mcast = values["mcast"]
+    if mcast.mode != "multicast" or not mcast.enabled:
+        return None
+    if not mcast.intranet_interface:
+        return "multicast mode needs mcast.intranet_interface"
+    family = ipaddress.ip_address(mcast.intranet_interface).version
+    if not any(net.version == family for net in mcast.intranet_pool):
+        return f"multicast mode needs an IPv{family} network like mcast.intranet_interface"
+    return None
+
+
 #: Checks that involve several keys: (keys involved, check returning a problem or None), over
 #: the top-level values and the section dataclasses by name. The problem is reported at the
 #: first key, unless that key already has a problem.
 CROSS_CHECKS: tuple[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], str | None]], ...] = (
     (("users_file", "auth"), _userpass_needs_users_file),
     (("tls.listen", "tls.cert", "tls.key"), _tls_needs_cert_and_key),
+    (("mcast.enabled", "workers"), _mcast_needs_one_worker),
+    (("mcast.intranet_pool", "mcast.mode", "mcast.intranet_interface"), _mcast_pool_fits_interface),
     (("multibind.enabled", "workers"), _multibind_needs_one_worker),
     (("tunnel.enabled", "workers"), _tunnel_needs_one_worker),
     (("tunnel.keepalive", "tunnel.dead_after"), _tunnel_keepalive_below_dead_after),

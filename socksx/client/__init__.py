@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Final
 
 from socksx.client._driver import Credentials, Session, open_session, open_socket
+from socksx.client.mcast import Membership, MembershipEnded, join_group
 from socksx.client.proxyurl import DEFAULT_PORT, ProxyURL, parse_proxy_url, proxy_from_env
 from socksx.errors import LocalProtocolError, ReplyError
 from socksx.protocol.address import Address
@@ -39,11 +40,14 @@ from socksx.protocol.socks4 import Socks4Reply, Socks4Request
 __all__ = [
     "DEFAULT_PORT",
     "BindHandle",
+    "Membership",
+    "MembershipEnded",
     "MultiBind",
     "ProxyURL",
     "UdpAssociation",
     "bind",
     "connect",
+    "join_group",
     "multi_bind",
     "parse_proxy_url",
     "probe_reachable",

@@ -148,6 +148,25 @@ TUNNEL_KEY_BLOCK_LEN = 36  #: PROTOCOL.md "UDP tunnels": LEN of TUNNEL_ID(4) | K
 TUNNEL_FRAME_MAX = 0xFFFF  #: PROTOCOL.md "UDP tunnels": a PROTO 01 frame's LEN is two octets
 
 
+class McastDatagramType(enum.IntEnum):
+    """TYPE, the first octet of a member/relay datagram (PROTOCOL.md "Multicast")."""
+
+    MEMBER_SEALED = 0x01  #: member -> relay, sealed with MEMBER_KEY
+    RELAY_SEALED = 0x02  #: relay -> members, sealed with GROUP_KEY or the member's MEMBER_KEY
+    MEMBER_PLAIN = 0x03  #: member -> relay, unencrypted relay only
+    RELAY_PLAIN = 0x04  #: relay -> members, unencrypted relay only
+
+
+class KeySuite(enum.IntEnum):
+    """SUITE octet of a JOIN reply's KEY field (PROTOCOL.md "Multicast")."""
+
+    SECRETBOX = 0x01  #: NaCl secretbox (XSalsa20-Poly1305), 32-octet keys
+
+
+MCAST_KEY_LEN = 73  #: PROTOCOL.md "Multicast": SUITE | MEMBER_ID | KEY_ID | MEMBER_KEY | GROUP_KEY
+MCAST_REKEY_LEN = 36  #: PROTOCOL.md "Multicast": B6 trailer KEY_ID | GROUP_KEY
+
+
 class UserPassStatus(enum.IntEnum):
     """RFC 1929 §2 STATUS: 0 is success, anything else is failure."""
 

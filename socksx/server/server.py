@@ -35,6 +35,8 @@ from socksx.server import bind, connect, tunnel, udp
 from socksx.server.admin import start_admin
 from socksx.server.auth import Authenticator, load_users
 from socksx.server.limits import SessionLimiter
+from socksx.server.mcast import join as mcast_join
+from socksx.server.mcast.manager import stop_relays
 from socksx.server.multibind import handle_accept, handle_multibind
 from socksx.server.rules import RuleSet
 from socksx.server.session import HANDLERS, Session
@@ -55,6 +57,8 @@ Resolver = Callable[[str, int], list[tuple[int, tuple]]]
 HANDLERS.setdefault(Command.CONNECT, connect.handle)
 HANDLERS.setdefault(Command.BIND, bind.handle)
 HANDLERS.setdefault(Command.UDP_ASSOCIATE, udp.handle)
+HANDLERS.setdefault(Command.JOIN_MCAST_GROUP, mcast_join.handle)
+HANDLERS.setdefault(Command.LEAVE_MCAST_GROUP, mcast_join.handle)
 HANDLERS.setdefault(Command.SETUP_UDP_TUNNEL, tunnel.handle)
 HANDLERS.setdefault(Command.MULTI_BIND, handle_multibind)
 HANDLERS.setdefault(Command.ACCEPT, handle_accept)
@@ -300,6 +304,7 @@ class Server:
         grace = self.config.timeouts.shutdown_grace if grace is None else grace
         for listener in self.listeners:
             listener.stream.close()
+        stop_relays(self)  # members get B7, so their sessions end now
         if self.pool.join(timeout=grace) is False or len(self.pool):
             left = len(self.pool)
             if left:
