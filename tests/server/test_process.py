@@ -60,13 +60,11 @@ def test_session_lines_reach_a_syslog_receiver(tmp_path, echo_server):
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     receiver.bind(("127.0.0.1", 0))
     receiver.settimeout(30)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     config = tmp_path / "syslog.toml"
     config.write_text(
-        f'listen = ["127.0.0.1:{port}"]\n'
+        'listen = ["127.0.0.1:0"]\n'
         f'[log]\ntarget = "syslog"\nsyslog_address = "127.0.0.1:{receiver.getsockname()[1]}"\n'
+        "[limits]\nmax_sessions = 100\n"
         '[[rules]]\naction = "allow"\nfrom = ["127.0.0.0/8"]\n'
     )
     proc = subprocess.Popen(
@@ -79,10 +77,11 @@ def test_session_lines_reach_a_syslog_receiver(tmp_path, echo_server):
         # Each datagram is an event; the "listening" line is among the first few.
         first = next(
             line
-            for line in (receiver.recv(4096).decode() for _ in range(10))
+            for line in (receiver.recv(4096).decode() for _ in range(20))
             if "listening" in line
         )
         assert first.startswith("<30>")  # facility daemon (3), severity info (6)
+        port = int(first.split("address=127.0.0.1:", 1)[1].split()[0].rstrip("\x00"))
         with socks5_connect(("127.0.0.1", port), *echo_server.address) as sock:
             sock.sendall(b"x")
             recv_exactly(sock, 1)
