@@ -10,5 +10,6 @@ from socksx.cli.connect import connect
 from socksx.cli.passwd import passwd
 from socksx.cli.server import server
 from socksx.cli.top import top
+from socksx.cli.tunnel import tunnel
 
-ALL: list[click.Command] = [server, connect, check, config, passwd, top]
+ALL: list[click.Command] = [server, connect, check, config, passwd, top, tunnel]

@@ -49,6 +49,30 @@ if TYPE_CHECKING:
     metavar="N|auto",
     help="Worker processes sharing the listen addresses (SO_REUSEPORT); auto = one per core.",
 )
+@click.option(
+    "--peer",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="A gateway B clients may tunnel to (repeatable; replaces [[tunnel.peer]]).",
+)
+@click.option(
+    "--peer-ca",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="CA (PEM) that signed the --peer's certificate: once for all, or once per --peer.",
+)
+@click.option(
+    "--peer-name",
+    multiple=True,
+    metavar="NAME",
+    help="Name the --peer's certificate must carry: once for all, or once per --peer.",
+)
+@click.option(
+    "--peer-fingerprint",
+    multiple=True,
+    metavar="sha256:HEX",
+    help="Pin the --peer's certificate: once for all, or once per --peer.",
+)
 @click.pass_obj
 def server(
     app: App,
@@ -63,6 +87,10 @@ def server(
     key: str | None,
     client_ca: str | None,
     workers: str | None,
+    peer: tuple[str, ...],
+    peer_ca: tuple[str, ...],
+    peer_name: tuple[str, ...],
+    peer_fingerprint: tuple[str, ...],
 ) -> None:
     """Run the SOCKS server until SIGTERM or SIGINT.
 
@@ -90,6 +118,9 @@ def server(
         overrides["tls"] = tls
     if workers:
         overrides["workers"] = "auto" if workers == "auto" else _int_or_text(workers)
+    if peer or peer_ca or peer_name or peer_fingerprint:
+        peers = _tunnel_peers(peer, peer_ca, peer_name, peer_fingerprint)
+        overrides["tunnel"] = {"peer": peers}
     config = with_overrides(load(config_path), **overrides)
     log = config.log
     level = "debug" if app.verbosity > 0 else log.level
@@ -126,3 +157,24 @@ def server(
 def _int_or_text(text: str) -> int | str:
     # Let config validation produce the one error message for a bad value.
     return int(text) if text.isdigit() else text
+
+
+def _tunnel_peers(
+    peers: tuple[str, ...], cas: tuple[str, ...], names: tuple[str, ...], pins: tuple[str, ...]
+) -> list[dict[str, str]]:
+    """``[[tunnel.peer]]`` tables from the flags: each --peer-* flag once for all, or per --peer."""
+    if not peers:
+        msg = "--peer-ca, --peer-name and --peer-fingerprint need --peer"
+        raise click.UsageError(msg)
+    columns: dict[str, list[str]] = {}
+    for flag, values in (("ca", cas), ("name", names), ("fingerprint", pins)):
+        if len(values) not in (0, 1, len(peers)):
+            msg = f"give --peer-{flag} once (for every --peer) or once per --peer"
+            raise click.UsageError(msg)
+        if flag == "ca":
+            values = tuple(os.path.abspath(v) for v in values)
+        columns[flag] = list(values) * len(peers) if len(values) == 1 else list(values)
+    return [
+        {"address": address, **{k: v[i] for k, v in columns.items() if v}}
+        for i, address in enumerate(peers)
+    ]

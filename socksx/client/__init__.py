@@ -21,6 +21,7 @@ from typing import Final
 from socksx.client._driver import Credentials, Session, open_session, open_socket
 from socksx.client.mcast import Membership, MembershipEnded, join_group
 from socksx.client.proxyurl import DEFAULT_PORT, ProxyURL, parse_proxy_url, proxy_from_env
+from socksx.client.tunnel import Tunnel, open_tunnel
 from socksx.errors import LocalProtocolError, ReplyError
 from socksx.protocol.address import Address
 from socksx.protocol.client_connection import ClientEvent, RawReply, RawRequest
@@ -44,11 +45,13 @@ __all__ = [
     "MembershipEnded",
     "MultiBind",
     "ProxyURL",
+    "Tunnel",
     "UdpAssociation",
     "bind",
     "connect",
     "join_group",
     "multi_bind",
+    "open_tunnel",
     "parse_proxy_url",
     "probe_reachable",
     "proxy_from_env",
