@@ -568,7 +568,10 @@ def _request_join(
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
             data = sock.recv(4096)
             if not data:
-                msg = f"proxy {url.hostport} closed the connection instead of answering the JOIN"
+                msg = (
+                    f"proxy {url.hostport} closed the connection instead of answering the JOIN"
+                    f" ({NO_SUPPORT}?)"
+                )
                 raise ProxyConnectionError(msg)
             buf += data
     except TimeoutError as exc:
