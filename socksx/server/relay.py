@@ -134,20 +134,22 @@ class _Flow:
     def _on_readable(self) -> None:
         try:
             if self.pipe_w < 0:
-                # Made on first data: a session that never talks holds no pipe.
+                # A pipe only while bytes are in flight: an idle session holds none (two
+                # descriptors per session, not six), and the pool makes this cheap.
                 self.pipe_r, self.pipe_w = _make_pipe()
             try:
                 n = os.splice(self.sfd, self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
             except BlockingIOError:
+                self._put_back_pipe()  # a spurious wake-up: the pipe is still empty
                 return
-            if n:
-                self.buffered = n
-                self.relay.last = monotonic()
-                if not self._push():
-                    return
-            else:
+            if not n:
                 self.eof = True
                 self._finish()
+                return
+            self.buffered = n
+            self.relay.last = monotonic()
+            if self._push():
+                self._put_back_pipe()
         except OSError as exc:
             self.relay.fail(exc)
 
@@ -167,9 +169,14 @@ class _Flow:
                 self.counters.bytes_down += m
         return True
 
+    def _put_back_pipe(self) -> None:
+        _release_pipe(self.pipe_r, self.pipe_w, True)
+        self.pipe_r = self.pipe_w = -1
+
     def _on_writable(self) -> None:
         try:
             if self._push():
+                self._put_back_pipe()
                 self.writer.stop()
                 self.relay.last = monotonic()
                 self.reader.start(self._on_readable)

@@ -111,13 +111,41 @@ class ListenError(SocksError):
     """A listen address that is valid but cannot be bound now (in use, no privilege)."""
 
 
+class AcceptPaused(Exception):
+    """accept() ran out of descriptors or memory: gevent's server backs off and retries."""
+
+
+#: accept() errors that mean "the process is full for now", not "the listener is broken".
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class _StreamServer(StreamServer):
+    """gevent's StreamServer, with descriptor exhaustion as one log line instead of a
+    traceback per failed accept (the base class already backs off, up to a second)."""
+
+    owner: Server
+
+    def do_read(self) -> Any:
+        try:
+            return super().do_read()
+        except OSError as exc:
+            if exc.errno not in _RESOURCE_ERRNOS:
+                raise
+            self.owner.warn_refused("-", f"accept: {(exc.strerror or str(exc)).lower()}")
+            raise AcceptPaused(str(exc)) from exc
+
+
 class Listener:
     """One listening socket; ``auth`` is what it requires of clients."""
 
     def __init__(self, server: Server, sock: gsocket.socket, tls: bool = False) -> None:
         self.server = server
         self.tls = tls
-        self.stream = StreamServer(sock, self._handle, spawn=server.pool)
+        self.stream = _StreamServer(sock, self._handle, spawn=server.pool)
+        self.stream.owner = server
+        hub = gevent.get_hub()
+        if not issubclass(AcceptPaused, hub.NOT_ERROR):
+            hub.NOT_ERROR = (*hub.NOT_ERROR, AcceptPaused)  # logged by do_read already
         self.address: tuple[str, int] = sock.getsockname()[:2]
 
     @property
@@ -454,3 +482,6 @@ def drop_privileges(user: str | None, group: str | None) -> None:
     except PermissionError as exc:
         msg = f"cannot drop privileges: {exc.strerror}"
         raise ConfigError([ConfigProblem("<privileges>", "user", msg)]) from exc
+    logger.info(
+        "privileges dropped", extra={"fields": {"uid": os.getuid(), "gid": os.getgid()}}
+    )

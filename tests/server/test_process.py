@@ -32,6 +32,7 @@ def test_privileges_are_dropped_after_binding(run_server, echo_server):  # noqa:
     except KeyError:
         pytest.skip("no user 'nobody' on this machine")
     server = run_server(top='user = "nobody"\n')
+    server.wait_for(lambda line: "privileges dropped" in line)
     assert _uids(server.proc.pid) == [nobody] * 4  # real, effective, saved, filesystem
     with socks5_connect(server.address, *echo_server.address) as sock:
         sock.sendall(b"still serving")
@@ -92,3 +93,62 @@ def test_session_lines_reach_a_syslog_receiver(tmp_path, echo_server):
         proc.terminate()
         proc.wait(15)
         receiver.close()
+
+
+def test_running_out_of_descriptors_is_one_line_not_a_traceback(tmp_path, echo_server):
+    import resource
+    import threading
+
+    config = tmp_path / "tight.toml"
+    config.write_text(
+        'listen = ["127.0.0.1:0"]\n[admin]\nenabled = false\n'
+        '[[rules]]\naction = "allow"\nfrom = ["127.0.0.0/8"]\n'
+    )
+
+    def tight() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "socksx", "server", "-c", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=tight,
+    )
+    lines: list[str] = []
+    listening = threading.Event()
+    refused = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "listening" in line:
+                listening.set()
+            if "too many open files" in line:
+                refused.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    clients = []
+    try:
+        assert listening.wait(30), "".join(lines)
+        port = int(next(x for x in lines if "listening" in x).split("127.0.0.1:")[1].split()[0])
+        for _ in range(60):  # more connections than the server has descriptors
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        assert refused.wait(30), "".join(lines)
+        for sock in clients:
+            sock.close()
+        clients.clear()
+        # descriptors came back: the server serves again (it retries accept within a second)
+        with socks5_connect(("127.0.0.1", port), *echo_server.address) as sock:
+            sock.sendall(b"again")
+            assert recv_exactly(sock, 5) == b"again"
+    finally:
+        for sock in clients:
+            sock.close()
+        proc.terminate()
+        proc.wait(15)
+        reader.join(5)
+    assert not any("Traceback" in line for line in lines), "".join(lines)
