@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from socksx.cli.bind import bind
 from socksx.cli.check import check
 from socksx.cli.config import config
 from socksx.cli.connect import connect
@@ -14,5 +15,5 @@ from socksx.cli.top import top
 from socksx.cli.tunnel import tunnel
 
 ALL: list[click.Command] = [
-    server, connect, check, config, passwd, top, tunnel, mcast_join, mcast_send,
+    server, connect, check, config, passwd, top, tunnel, bind, mcast_join, mcast_send,
 ]
