@@ -177,7 +177,7 @@ class AdminClient:
         finally:
             conn.close()
 
-    def _json(self, method: str, path: str) -> Any:
+    def _json(self, method: str, path: str) -> dict[str, Any]:
         status, _, body = self.request(method, path)
         try:
             data = json.loads(body) if body else {}

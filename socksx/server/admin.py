@@ -546,7 +546,8 @@ class AdminListener:
         where = self.address if isinstance(self.address, str) else _fmt(self.address)
         # A worker's private socket is an implementation detail: only the debug log shows it.
         level = logging.DEBUG if _worker_socket is not None else logging.INFO
-        logger.log(level, "admin listening", extra={"fields": {"address": where}})
+        # Not "listening": scripts (and tests) take that word for "SOCKS is ready".
+        logger.log(level, "admin API serving", extra={"fields": {"address": where}})
 
     @staticmethod
     def _tick_forever(tick: Callable[[], None]) -> None:

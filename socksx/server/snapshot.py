@@ -298,7 +298,9 @@ class StatsBuilder:
         self.rates.prune(now)
         return out
 
-    def _extension(self, kind: str, registry: Mapping[Any, Any], now: float) -> list[dict]:
+    def _extension(
+        self, kind: str, registry: Mapping[Any, Any], now: float
+    ) -> list[dict[str, Any]]:
         entries = []
         for key, obj in list(registry.items()):
             try:
@@ -362,15 +364,22 @@ class StatsBuilder:
         return {"open": len(rows), "sort": sort, "sessions": sort_sessions(rows, sort, limit)}
 
 
-def sort_sessions(rows: Iterable[dict[str, Any]], sort: str, limit: int | None) -> list[dict]:
+def sort_sessions(
+    rows: Iterable[dict[str, Any]], sort: str, limit: int | None
+) -> list[dict[str, Any]]:
     """Rows sorted by *sort*, largest first; ties go to the older session (lower id)."""
-    if sort == "rate":
-        key = lambda row: (-row["rate"], -(row["bytes_up"] + row["bytes_down"]))  # noqa: E731
-    elif sort == "bytes":
-        key = lambda row: (-(row["bytes_up"] + row["bytes_down"]), -row["rate"])  # noqa: E731
-    else:
-        key = lambda row: (-row["age"], 0.0)  # noqa: E731
-    ordered = sorted(rows, key=lambda row: (*key(row), _id_order(str(row["id"]))))
+
+    def key(row: dict[str, Any]) -> tuple[Any, ...]:
+        traffic = row["bytes_up"] + row["bytes_down"]
+        if sort == "rate":
+            first, second = -row["rate"], -traffic
+        elif sort == "bytes":
+            first, second = -traffic, -row["rate"]
+        else:
+            first, second = -row["age"], 0.0
+        return (first, second, _id_order(str(row["id"])))
+
+    ordered = sorted(rows, key=key)
     return ordered if limit is None else ordered[:limit]
 
 

@@ -55,7 +55,7 @@ class ServerProcess:
             if " info listening address=127.0.0.1:" in line and self.address is None:
                 port = int(line.split("address=127.0.0.1:")[1].split()[0])
                 self.address = ("127.0.0.1", port)
-            admin = admin or " admin listening " in line
+            admin = admin or " admin API serving " in line
             if admin and self.address is not None:
                 self.ready.set()
         self.ready.set()  # exited: the waiter sees no address

@@ -418,9 +418,9 @@ def _header(stats: Row, view: ViewState, now: float, width: int, status: FeedSta
             first.append("  config ")
             first.append(str(stats.get("config_source", "?")))
         lines.append(first)
-        sessions = stats.get("sessions", {}) if isinstance(stats.get("sessions"), Mapping) else {}
-        auth = stats.get("auth", {}) if isinstance(stats.get("auth"), Mapping) else {}
-        udp = stats.get("udp", {}) if isinstance(stats.get("udp"), Mapping) else {}
+        sessions = _table_of(stats, "sessions")
+        auth = _table_of(stats, "auth")
+        udp = _table_of(stats, "udp")
         second = Text(
             f"sessions {int(_number(sessions.get('open')))} open, "
             f"{int(_number(sessions.get('total')))} total   "
@@ -450,19 +450,24 @@ def _header(stats: Row, view: ViewState, now: float, width: int, status: FeedSta
 
 
 def _throughput(stats: Row, width: int) -> list[Text]:
-    history = stats.get("history") if isinstance(stats.get("history"), Mapping) else {}
-    rates = stats.get("rates") if isinstance(stats.get("rates"), Mapping) else {}
-    totals = stats.get("bytes") if isinstance(stats.get("bytes"), Mapping) else {}
+    history = _table_of(stats, "history")
+    rates = _table_of(stats, "rates")
+    totals = _table_of(stats, "bytes")
     length = 60 if width >= WIDE else max(min(30, width - 40), 0)
     lines = []
     for direction, label in (("up", "up  "), ("down", "down")):
-        series = history.get(direction, []) if isinstance(history, Mapping) else []
+        series = history.get(direction, [])
         values = [_number(v) for v in series] if isinstance(series, list) else []
         line = Text(f"{label} {format_rate(_number(rates.get(direction))):>9} ")
         line.append(sparkline(values, length).rjust(length, " "), style="cyan")
         line.append(f"  total {format_bytes(_number(totals.get(direction)))}")
         lines.append(line)
     return lines
+
+
+def _table_of(stats: Row, key: str) -> Row:
+    value = stats.get(key)
+    return value if isinstance(value, Mapping) else {}
 
 
 def _status_line(status: FeedStatus, view: ViewState, now: float) -> Text | None:
