@@ -249,6 +249,8 @@ class Server:
             return False
         if listen_specs(new) != listen_specs(old):
             logger.warning("listen addresses changed: restart to apply them")
+        if (new.admin.enabled, new.admin.listen) != (old.admin.enabled, old.admin.listen):
+            logger.warning("admin listener changed: restart to apply it")
         if new.log != old.log:
             log = new.log
             setup_logging(log.format, log.target, log.level, log.syslog_address)

@@ -701,3 +701,24 @@ def test_merge_stats_and_sessions():
     )
     assert rows["open"] == 2
     assert [row["id"] for row in rows["sessions"]] == ["1-4", "0-4"]
+
+
+def test_reload_applies_the_token_and_warns_about_the_address(make_server, tmp_path, log_lines):
+    token = tmp_path / "token"
+    token.write_text("first-token")
+    server = make_server(admin_toml())
+    client = client_of(server)
+    assert client.stats()["workers"] == 1
+    config = Path(server.source)
+    config.write_text(
+        config.read_text().replace(
+            '[admin]\nlisten = "127.0.0.1:0"\n',
+            f'[admin]\nlisten = "127.0.0.1:1"\ntoken_file = "{token}"\n',
+        )
+    )
+    assert server.call(lambda: server.server.reload())
+    with pytest.raises(AdminHTTPError) as info:
+        client.stats()  # same listener, now with a token
+    assert info.value.status == 401
+    assert client_of(server, "first-token").stats()["workers"] == 1
+    assert any("admin listener changed: restart to apply it" in line for line in log_lines.lines())
