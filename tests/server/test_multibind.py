@@ -665,3 +665,31 @@ def test_socksx_check_reports_multibind_and_accept_as_supported(make_server):
     probes = {p["probe"]: p for p in report["probes"]}
     assert probes["multi_bind"]["status"] == "ok"
     assert probes["accept"]["status"] == "ok"
+
+
+def test_over_a_tls_listener_events_and_accept_both_travel_in_tls(make_server, tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    chain, key, ca_file = tmp_path / "chain.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(chain))
+    cert.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = make_server(f'[tls]\nlisten = ["127.0.0.1:0"]\ncert = "{chain}"\nkey = "{key}"\n')
+    port = server.addresses[1][1]
+    with multi_bind(proxy=f"socks5s://127.0.0.1:{port}", ca_file=str(ca_file), tcp=2, udp=1,
+                    timeout=WAIT) as mb:
+        peers = [connect_from(Address(*c.bound)) for c in mb.channels[:2]]
+        for _ in peers:
+            event = mb.next_event(timeout=WAIT)
+            assert isinstance(event, PeerConnected)
+            with mb.accept(event) as sock:
+                assert hasattr(sock, "getpeercert")
+                peers[event.chan_id].sendall(b"peer %d" % event.chan_id)
+                assert recv_exactly(sock, 6) == b"peer %d" % event.chan_id
+        with udp_from() as media:
+            media.sendto(b"over tls control", mb.channels[2].bound)
+            assert mb.udp_socket(2).recvfrom(timeout=WAIT)[0] == b"over tls control"
+        for peer in peers:
+            peer.close()
