@@ -337,8 +337,10 @@ class AdminApp:
             logger.exception("admin API: internal error")
             status, headers, body = _error("500 Internal Server Error", "internal error")
         headers.append(("Cache-Control", "no-store"))
+        headers.append(("Content-Length", str(len(body))))
         start_response(status, headers)
-        return [body]
+        # HEAD: the headers GET would send, no body (pywsgi would send one).
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
     def respond(self, environ: Mapping[str, Any]) -> _Response:
         """Status, headers and body for one request."""

@@ -722,3 +722,12 @@ def test_reload_applies_the_token_and_warns_about_the_address(make_server, tmp_p
     assert info.value.status == 401
     assert client_of(server, "first-token").stats()["workers"] == 1
     assert any("admin listener changed: restart to apply it" in line for line in log_lines.lines())
+
+
+def test_head_sends_the_headers_of_get_without_a_body(admin_server):
+    address = admin_server.server.admin_address
+    status, headers, body = request(address, "HEAD", "/metrics")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain")
+    assert int(headers["Content-Length"]) > 100
+    assert body == b""
