@@ -217,6 +217,29 @@ def test_network_strings_are_never_markup():
     assert "http://evil" not in re.findall(r'href="([^"]*)"', html)
 
 
+def test_relay_group_and_port_given_apart():
+    relay = {
+        "id": "r9",
+        "group": "ff15::7",
+        "port": 6000,
+        "endpoint": "10.0.0.1:6000",
+        "members": [
+            {"permission": "receive"},
+            {"permission": "send"},
+            {"permission": "both"},
+            {"permission": "none"},
+        ],
+    }
+    stats = {**SNAPSHOT["stats"], "relays": [relay]}
+    console = Console(record=True, width=120, color_system=None, file=open(os.devnull, "w"))  # noqa: SIM115
+    with console.file:
+        console.print(
+            render({"stats": stats, "sessions": []}, apply_key(ViewState(), "r"), NOW, 120)
+        )
+    (row,) = [line for line in console.export_text().splitlines() if "ff15::7" in line]
+    assert row.split()[:4] == ["[ff15::7]:6000", "10.0.0.1:6000", "-", "2/2"]
+
+
 def test_empty_tables_say_none():
     stats = {**SNAPSHOT["stats"], "relays": [], "tunnels": [], "multibinds": []}
     console = Console(record=True, width=80, color_system=None, file=open(os.devnull, "w"))  # noqa: SIM115

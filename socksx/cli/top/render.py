@@ -214,6 +214,15 @@ def _members(entry: Row) -> tuple[int, int] | None:
     return recv, send
 
 
+def _group(entry: Row) -> str:
+    """The public group, with its port when the relay gives it apart (``group`` + ``port``)."""
+    group = _first(entry, "group", "public_group", "address", "id")
+    port = entry.get("port")
+    if group == "-" or not isinstance(port, int) or isinstance(port, bool):
+        return group
+    return f"[{group}]:{port}" if ":" in group else f"{group}:{port}"
+
+
 def _opt(value: float | None, fmt: Callable[[float], str]) -> str:
     return "-" if value is None else fmt(value)
 
@@ -244,7 +253,7 @@ def _relay_columns() -> list[Column]:
         return f"{_opt(rate_in, format_count)}/{_opt(rate_out, format_count)}"
 
     return [
-        Column("group", lambda e: _first(e, "group", "public_group", "address", "id"), ratio=2),
+        Column("group", _group, ratio=2),
         Column(
             "intranet",
             lambda e: _first(e, "intranet", "intranet_endpoint", "endpoint"),
