@@ -18,6 +18,8 @@ exchange datagrams.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import socket
 import threading
 import time
@@ -170,6 +172,7 @@ class ChannelSocket:
 
         Raises:
             TimeoutError: nothing within *timeout*.
+            OSError: the socket was closed (also by ``close()`` in another thread).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -182,6 +185,8 @@ class ChannelSocket:
                     raise TimeoutError(msg)
                 self._sock.settimeout(remaining)
             dgram, source = self._sock.recvfrom(UDP_RECV_SIZE)
+            if not source:  # shut down by close() in another thread
+                raise OSError(errno.EBADF, "the channel socket was closed")
             if _key(source[0], source[1]) != self._relay_key:
                 continue
             try:
@@ -194,6 +199,7 @@ class ChannelSocket:
 
     def close(self) -> None:
         """Close the local socket (the channel itself lives until the MultiBind closes)."""
+        _shutdown(self._sock)
         self._sock.close()
 
 
@@ -362,6 +368,9 @@ class MultiBind:
         self._closed = True
         for handle in self._udp.values():
             handle.close()
+        # shutdown first: a thread blocked in next_event() wakes up (close alone would not
+        # release the descriptor, nor send the FIN, while a recv is in progress).
+        _shutdown(self._session.sock)
         self._session.close()
 
     def __enter__(self) -> MultiBind:
@@ -494,6 +503,11 @@ def _public(address: Address, control: socket.socket) -> HostPort:
     if address.is_ip and address.host in ("0.0.0.0", "::"):
         return Address.from_ip(*control.getpeername()[:2]).host, address.port
     return address.host, address.port
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _key(host: str, port: int) -> tuple[str, int]:

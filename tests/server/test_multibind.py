@@ -20,6 +20,7 @@ from socksx.protocol.constants import ChannelCloseReason, ChannelFlag, ChannelTy
 from socksx.protocol.messages import Reply
 from socksx.protocol.multibind import (
     AcceptRequest,
+    BoundChannel,
     ChannelRequest,
     MultiBindReply,
     MultiBindRequest,
@@ -693,3 +694,116 @@ def test_over_a_tls_listener_events_and_accept_both_travel_in_tls(make_server, t
             assert mb.udp_socket(2).recvfrom(timeout=WAIT)[0] == b"over tls control"
         for peer in peers:
             peer.close()
+
+
+# -- the client library's edges ----------------------------------------------------------------
+
+
+class FakeProxy:
+    """One connection: selects no-auth, reads the request, answers *answer*, then closes."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()[:2]
+        self.answer = answer
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            recv_exactly(conn, 3)
+            conn.sendall(b"\x05\x00")
+            conn.recv(4096)
+            conn.sendall(self.answer)
+            conn.shutdown(socket.SHUT_WR)
+            recv_all(conn)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(WAIT)
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"", r"closed the connection instead of answering MULTI_BIND \(no multi-bind support\?\)"),
+        (bytes.fromhex("05 00 00 00"), "bad answer from proxy"),
+    ],
+)
+def test_a_proxy_that_cannot_multibind_is_a_connection_error(answer, message):
+    from socksx.errors import ProxyConnectionError
+
+    fake = FakeProxy(answer)
+    with pytest.raises(ProxyConnectionError, match=message):
+        multi_bind(proxy=fake.address, tcp=1, timeout=WAIT)
+    fake.close()
+
+
+def test_garbage_instead_of_an_event_is_a_connection_error():
+    from socksx.errors import ProxyConnectionError
+
+    reply = MultiBindReply((BoundChannel(0, ChannelType.TCP, Address("127.0.0.1", 9)),))
+    fake = FakeProxy(reply.to_bytes() + b"\x05\xc9\x00\x00")
+    with (
+        multi_bind(proxy=fake.address, tcp=1, timeout=WAIT) as mb,
+        pytest.raises(ProxyConnectionError, match="bad event"),
+    ):
+        mb.next_event(timeout=WAIT)
+    fake.close()
+
+
+def test_events_end_when_the_proxy_closes_and_close_wakes_other_threads(make_server):
+    server = make_server("[multibind]\nidle_timeout = 0.3\n")
+    with multi_bind(proxy=server.address, tcp=1, timeout=WAIT) as mb:
+        assert list(mb.events()) == [ChannelClosed(0, ChannelCloseReason.IDLE)]
+        assert mb.next_event() is None
+    with multi_bind(proxy=server.address, tcp=1, udp=1, timeout=WAIT) as mb:
+        results: list[object] = []
+
+        def wait_event() -> None:
+            results.append(mb.next_event())
+
+        def wait_datagram() -> None:
+            try:
+                mb.udp_socket(1).recvfrom()
+            except OSError as exc:
+                results.append(type(exc))
+
+        with pytest.raises(TimeoutError):
+            mb.udp_socket(1).recvfrom(timeout=0.05)
+        threads = [threading.Thread(target=f) for f in (wait_event, wait_datagram)]
+        for thread in threads:
+            thread.start()
+        mb.close()
+        for thread in threads:
+            thread.join(WAIT)
+        assert sorted(map(repr, results)) == sorted(map(repr, [None, OSError]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "ask for 1 to 16 channels"),
+        ({"tcp": 9, "udp": 8}, "ask for 1 to 16 channels"),
+        ({"udp": 1, "rtp_pair": True}, "needs at least two UDP channels"),
+        ({"tcp": 1, "proxy": "socks4://127.0.0.1:1"}, "needs a SOCKS5 proxy"),
+    ],
+)
+def test_bad_arguments_are_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        multi_bind(**{"proxy": ("127.0.0.1", 1), **kwargs})
+
+
+def test_accept_takes_a_raw_token_and_explains_a_refusal(make_server):
+    server = make_server()
+    with multi_bind(proxy=server.address, tcp=1, timeout=WAIT) as mb:
+        with pytest.raises(ReplyError, match="token is unknown, used, expired or not ours"):
+            mb.accept(bytes(16))
+        with connect_from(Address(*mb.channels[0].bound)) as peer:
+            event = mb.next_event(timeout=WAIT)
+            with mb.accept(event.token) as sock:
+                sock.sendall(b"raw token")
+                assert recv_exactly(peer, 9) == b"raw token"
+        with pytest.raises(ValueError, match="not a UDP channel"):
+            mb.udp_socket(0)
