@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from socksx.client import join_group
 from tests.conftest import ROOT, recv_exactly
 from tests.server.admin_helpers import admin_toml
 from tests.server.socks_raw import socks5_connect
+from tests.server.test_mcast import unique_group
 
 pytestmark = [
     pytest.mark.tty,
@@ -163,7 +165,9 @@ def test_live_view_starts_shows_data_sorts_and_quits(server, tmux, echo_server):
     assert process.address is not None
     small = socks5_connect(process.address, *echo_server.address)
     big = socks5_connect(process.address, *echo_server.address)
-    with small, big:
+    group = unique_group()
+    member = join_group(*group, proxy=process.address)
+    with small, big, member:
         for sock, size in ((small, 1000), (big, 200_000)):
             sock.sendall(b"x" * size)
             assert recv_exactly(sock, size) == b"x" * size
@@ -175,21 +179,29 @@ def test_live_view_starts_shows_data_sorts_and_quits(server, tmux, echo_server):
         )
         big_client = "{}:{}".format(*big.getsockname())
         screen = tmux.wait_for_screen(
-            "sessions 2 open", "Busiest sessions (b)  2  sort: rate", big_client, "q quit"
+            "sessions 3 open",
+            "Busiest sessions (b)  3  sort: rate",
+            big_client,
+            "Multicast relays (r)  1",
+            f"{group[0]}:{group[1]}",
+            "q quit",
         )
         assert tmux.alternate_on()
-        assert "Multicast relays (r)  0" in screen
+        on_group = [line for line in screen.splitlines() if f"{group[0]}:{group[1]}" in line]
+        assert len(on_group) == 2  # the relay, and the JOIN session whose destination it is
+        assert "unicast" in on_group[0]  # the relay's mode column (a wide screen)
+        assert " join " in on_group[1]
         rows = [line for line in screen.splitlines() if f":{echo_server.address[1]}" in line]
-        assert len(rows) == 2
+        assert len(rows) == 2  # the two CONNECT sessions (the JOIN's destination is the group)
         assert big_client in rows[0]  # the busiest first
 
         tmux.send("s")
-        tmux.wait_for_screen("Busiest sessions (b)  2  sort: bytes", "s sort bytes")
+        tmux.wait_for_screen("Busiest sessions (b)  3  sort: bytes", "s sort bytes")
         tmux.send("t")
         # Only the focused table.
         tmux.wait_for_screen("Tunnels (t)  0", absent=("Busiest sessions", "Multi-binds"))
         tmux.send("t")
-        tmux.wait_for_screen("Busiest sessions (b)  2  sort: bytes")
+        tmux.wait_for_screen("Busiest sessions (b)  3  sort: bytes")
 
         tmux.send("q")
         # The alternate screen is gone with everything top drew.

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 from nacl.pwhash import argon2id
 
+from socksx.client import join_group
 from socksx.client.admin import AdminClient, AdminHTTPError, parse_admin_target
 from socksx.config import loads
 from socksx.errors import ConfigError
 from socksx.log import TextFormatter
+from socksx.protocol.constants import Notice
 from socksx.server.admin import host_checker
 from socksx.server.auth import hash_password
 from socksx.server.snapshot import (
@@ -33,6 +35,7 @@ from socksx.server.snapshot import (
 from tests.conftest import ROOT, recv_exactly
 from tests.server.admin_helpers import admin_toml, extensions_off, request, wait_for
 from tests.server.socks_raw import addr_bytes, open_socks, socks5_connect, socks5_request
+from tests.server.test_mcast import PublicSide, unique_group
 
 TOKEN = "s3cret-admin-token"
 
@@ -383,58 +386,51 @@ def test_session_close_ends_the_session_and_is_logged(token_server, echo_server,
     assert "result=killed" in session_line[0]
 
 
-class Relay:
-    """The registry protocol (snapshot(), terminate()) as a multicast relay object offers it;
-    stands in for issue 6's relay, which this test must not depend on."""
-
-    def __init__(self, server) -> None:
-        self.server = server
-        self.datagrams_in = 0
-        self.terminated = False
-
-    def snapshot(self) -> dict:
-        return {
-            "group": "239.1.2.3:5000",
-            "intranet": "10.0.0.1:5000",
-            "members": [{"client": "127.0.0.1:4000", "permission": "recv", "datagrams_out": 2}],
-            "datagrams_in": self.datagrams_in,
-            "datagrams_out": 2 * self.datagrams_in,
-            "bytes_in": 100 * self.datagrams_in,
-            "drops": {"auth": 1, "replay": 2},
-            "rekeys": 3,
-            "age": 12.5,
-        }
-
-    def terminate(self) -> None:
-        self.terminated = True
-        self.server.mcast_relays.pop("r1", None)
-
-
-def test_extension_registries_are_read_and_relays_terminated(token_server, log_lines):
-    srv = token_server.server
-    relay = Relay(srv)
-    relay.datagrams_in = 10
-    token_server.call(lambda: srv.mcast_relays.__setitem__("r1", relay))
+def test_real_multicast_relay_is_listed_and_terminated(token_server, log_lines):
+    group = unique_group()
+    public = PublicSide(*group)
     client = client_of(token_server, TOKEN)
-    stats = client.stats()
-    (entry,) = stats["relays"]
-    assert entry["id"] == "r1"
-    assert entry["group"] == "239.1.2.3:5000"
-    assert entry["members"][0]["permission"] == "recv"
-    assert entry["rates"].keys() == {"datagrams_in", "datagrams_out", "bytes_in"}
-    assert stats["totals"]["relays"] == {
-        "datagrams": {"in": 10, "out": 20},
-        "bytes": {"in": 1000},
-        "dropped": {"auth": 1, "replay": 2},
-        "rekeys": {"": 3},
-    }
-    assert client.terminate_relay("r1") == {"terminated": {"id": "r1"}}
-    assert relay.terminated
-    assert "admin: relay terminated id=r1" in " ".join(log_lines.lines())
-    stats = client.stats()
-    assert stats["relays"] == []
-    # What was reported stays counted after the relay is gone.
-    assert stats["totals"]["relays"]["datagrams"] == {"in": 10, "out": 20}
+    try:
+        with join_group(*group, proxy=token_server.address) as member:
+            relay_id = f"{group[0]}:{group[1]}"
+            wait_for(
+                lambda: [r for r in client.stats()["relays"] if r["members"][0]["endpoint"]],
+                "a registered member",
+            )
+            for i in range(3):
+                public.send(b"public %d" % i)
+                assert member.recv(timeout=3)[0] == b"public %d" % i
+            (relay,) = client.stats()["relays"]
+            assert relay["id"] == relay_id
+            assert (relay["group"], relay["port"]) == group
+            assert [m["permission"] for m in relay["members"]] == ["both"]
+            assert relay["public_in"] == 3
+            assert relay["datagrams_in"] >= 3
+            assert relay["rates"].keys() >= {"datagrams_in", "datagrams_out", "bytes_in"}
+            totals = client.stats()["totals"]["relays"]
+            assert totals["datagrams"]["in"] >= 3
+            assert set(totals["dropped"]) >= {"auth", "replay", "rate", "policy"}
+
+            answer = client.terminate_relay(relay_id)
+            assert answer == {"terminated": {"id": relay_id}}
+            ended = member.wait(5)
+            assert ended is not None
+            assert ended.notice == Notice.MCAST_RELAY_DOWN
+        stats = wait_for(lambda: (s := client.stats())["relays"] == [] and s, "the relay gone")
+        # What was reported stays counted after the relay is gone.
+        assert stats["totals"]["relays"]["datagrams"]["in"] >= 3
+        assert f"admin: relay terminated id={relay_id}" in " ".join(log_lines.lines())
+        assert (
+            request(
+                token_server.server.admin_address,
+                "POST",
+                f"/relays/{relay_id}/terminate",
+                {"Authorization": f"Bearer {TOKEN}"},
+            )[0]
+            == 404
+        )
+    finally:
+        public.close()
 
 
 # --------------------------------------------------------------------------- sockets, config

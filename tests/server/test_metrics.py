@@ -9,11 +9,13 @@ import socket
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from socksx.client import join_group
 from socksx.client.admin import AdminClient
 from socksx.server.metrics import render_metrics
 from tests.conftest import recv_exactly
 from tests.server.admin_helpers import admin_toml, request, wait_for
 from tests.server.socks_raw import addr_bytes, socks5_connect, socks5_request
+from tests.server.test_mcast import PublicSide, unique_group
 
 #: Label names any socksx metric may carry: all of them take values from small fixed sets.
 BOUNDED_LABELS = {"command", "result", "direction", "reason", "version"}
@@ -120,40 +122,44 @@ def test_metrics_count_real_traffic(server, echo_server, udp_echo):
     assert value(samples, "socksx_auth_failures_total") == 0
 
 
-class Tunnel:
-    """The registry protocol (snapshot()) as a tunnel end offers it (issue 5's object stands
-    outside this test's dependencies)."""
-
-    def __init__(self, out: int) -> None:
-        self.out = out
-
-    def snapshot(self) -> dict:
-        return {
-            "peer": "gw.example:1080",
-            "proto": "udp",
-            "client": "127.0.0.1:5000",
-            "datagrams_out": self.out,
-            "datagrams_in": 1,
-            "bytes_out": self.out * 10,
-            "dropped": {"replay": 2},
-            "age": 3.0,
-        }
-
-
-def test_extension_counters_survive_teardown(server):
-    srv = server.server
-    server.call(lambda: srv.tunnels.update(t1=Tunnel(5), t2=Tunnel(7)))
-    samples = scrape(server)
-    assert value(samples, "socksx_tunnels") == 2
-    assert value(samples, "socksx_tunnel_datagrams_total", direction="out") == 12
-    assert value(samples, "socksx_tunnel_datagrams_total", direction="in") == 2
-    assert value(samples, "socksx_tunnel_bytes_total", direction="out") == 120
-    assert value(samples, "socksx_tunnel_dropped_total", reason="replay") == 4
-    server.call(lambda: srv.tunnels.pop("t1"))
-    samples = scrape(server)
-    assert value(samples, "socksx_tunnels") == 1
-    # t1's last reading stays counted: counters never go backwards.
-    assert value(samples, "socksx_tunnel_datagrams_total", direction="out") == 12
+def test_relay_counters_survive_its_teardown(server):
+    group = unique_group()
+    public = PublicSide(*group)
+    try:
+        with join_group(*group, proxy=server.address) as member:
+            wait_for(
+                lambda: server.call(
+                    lambda: [r for r in server.server.mcast_relays.values() if r.members]
+                ),
+                "the relay",
+            )
+            samples = scrape(server)
+            assert value(samples, "socksx_mcast_relays") == 1
+            assert value(samples, "socksx_mcast_relay_members") == 1
+            member.send(b"to the public group")
+            assert public.heard()[0] == b"to the public group"
+            samples = wait_for(
+                lambda: (
+                    (s := scrape(server))["socksx_mcast_relay_datagrams_total"][
+                        (("direction", "out"),)
+                    ]
+                    >= 1
+                    and s
+                ),
+                "the datagram counted",
+            )
+            counted_in = value(samples, "socksx_mcast_relay_datagrams_total", direction="in")
+            assert counted_in >= 1
+            assert ("reason", "replay") in {
+                labels[0] for labels in samples["socksx_mcast_relay_dropped_total"]
+            }
+        samples = wait_for(
+            lambda: (s := scrape(server))["socksx_mcast_relays"][()] == 0 and s, "the teardown"
+        )
+        # The relay is gone; what it reported stays counted (counters never go backwards).
+        assert value(samples, "socksx_mcast_relay_datagrams_total", direction="in") >= counted_in
+    finally:
+        public.close()
 
 
 def test_collector_reads_only_the_snapshot():
