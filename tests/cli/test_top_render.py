@@ -17,6 +17,7 @@ from socksx.cli import cli
 from socksx.cli._exit import ExitCode
 from socksx.cli.top.render import format_age, format_bytes, render, sparkline
 from socksx.cli.top.state import FeedStatus, ViewState, apply_key
+from socksx.client.multibind import multi_bind
 from tests.conftest import recv_exactly
 from tests.server.admin_helpers import admin_toml
 from tests.server.socks_raw import socks5_connect
@@ -325,6 +326,23 @@ def busy_server(make_server, echo_server):
     yield server, socks
     for sock in socks:
         sock.close()
+
+
+def test_once_shows_a_real_multi_bind(make_server):
+    server = make_server(admin_toml())
+    with multi_bind(proxy=server.address, tcp=1, udp=2, timeout=10) as channels:
+        result = CliRunner().invoke(
+            cli,
+            ["top", "--admin", admin_arg(server), "--once"],
+            env={"COLUMNS": "200"},
+            catch_exceptions=False,
+        )
+        local = "{}:{}".format(*channels.control.getsockname())
+    assert result.exit_code == 0, result.output
+    assert "Multi-binds (m)  1" in result.output
+    (row,) = [line for line in result.output.splitlines() if line.startswith("mb")]
+    assert local in row
+    assert row.split()[3] == "3"  # channels
 
 
 def admin_arg(server) -> str:
