@@ -8,6 +8,8 @@ peer), it speaks the protocol with the codec, so the bytes are the documented on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import socket
 import ssl
 import threading
@@ -18,7 +20,8 @@ import pytest
 import trustme
 
 from socksx.client.tunnel import open_tunnel
-from socksx.errors import ReplyError
+from socksx.config import TunnelPeer, loads, to_toml
+from socksx.errors import ConfigError, ReplyError
 from socksx.protocol.address import Address
 from socksx.protocol.constants import ReplyCode, TunnelDir, TunnelProto
 from socksx.protocol.messages import maybe_read_reply
@@ -581,3 +584,95 @@ def test_reply_of_a_is_a_plain_reply_with_its_udp_port(gateways):
         assert reply.ok
         assert reply.address.host == "127.0.0.1"
         assert reply.address.port != 0
+
+
+def test_a_limit_gives_01(gateways, udp_echo):
+    pair = gateways(a_tunnel="max_tunnels = 1\n")
+    with tunnel_of(pair) as first:
+        round_trip(first, udp_echo, [b"first"])
+        with pytest.raises(ReplyError) as info:
+            tunnel_of(pair)
+        assert info.value.reply == ReplyCode.GENERAL_FAILURE
+
+
+def test_socksx_check_reports_cmd_07_supported(socks_server):
+    from click.testing import CliRunner
+
+    from socksx.cli import cli
+
+    via = f"127.0.0.1:{socks_server.address[1]}"
+    result = CliRunner().invoke(cli, ["check", "--via", via, "--json"], catch_exceptions=False)
+    report = json.loads(result.output)
+    assert report["extensions"]["setup_udp_tunnel"] is True
+    probe = next(p for p in report["probes"] if p["probe"] == "setup_udp_tunnel")
+    assert probe["detail"] == "REP 0x01 as expected for this probe"
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+def test_tunnel_config_peers(tmp_path):
+    (tmp_path / "b-ca.pem").write_text("not checked here")
+    pin = "sha256:" + ":".join(["AB"] * 32)
+    config = loads(
+        '[tunnel]\nkeepalive = 5\ndead_after = 20\nudp_bind = "0.0.0.0:4443"\n'
+        '[[tunnel.peer]]\naddress = "GW-B.Example:1443"\nca = "b-ca.pem"\nname = "gw-b"\n'
+        f'[[tunnel.peer]]\naddress = "[2001:db8::2]:1443"\nfingerprint = "{pin}"\n',
+        "t.toml",
+        str(tmp_path),
+    )
+    settings = config.tunnel
+    assert (settings.keepalive, settings.dead_after, settings.udp_bind) == (
+        5.0,
+        20.0,
+        ("0.0.0.0", 4443),
+    )
+    assert settings.peer == (
+        TunnelPeer(("gw-b.example", 1443), str(tmp_path / "b-ca.pem"), "gw-b"),
+        TunnelPeer(("2001:db8::2", 1443), fingerprint="sha256:" + "ab" * 32),
+    )
+    assert loads(to_toml(config), "again.toml") == dataclasses.replace(config, source="again.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ('[[tunnel.peer]]\nca = "x"\n', "tunnel.peer[0].address", "required"),
+        ('[[tunnel.peer]]\naddress = "gw:0"\n', "tunnel.peer[0].address", "HOST:PORT"),
+        ('[[tunnel.peer]]\naddress = "g w:1"\n', "tunnel.peer[0].address", "host name"),
+        (
+            '[[tunnel.peer]]\naddress = "gw:1"\nfingerprint = "md5:1"\n',
+            "tunnel.peer[0].fingerprint",
+            "sha256",
+        ),
+        ('[[tunnel.peer]]\naddress = "gw:1"\nport = 1\n', "tunnel.peer[0].port", "unknown key"),
+        (
+            '[[tunnel.peer]]\naddress = "gw:1"\nca = "missing.pem"\n',
+            "tunnel.peer[0].ca",
+            "file not found",
+        ),
+        ("[tunnel]\npeer = 1\n", "tunnel.peer", "list of [[tunnel.peer]] tables"),
+        ("[tunnel]\nkeepalive = 90\n", "tunnel.keepalive", "shorter than tunnel.dead_after"),
+        ('[tunnel]\nudp_bind = "gw:1"\n', "tunnel.udp_bind", "not an IP address"),
+        (
+            "workers = 2\n[multibind]\nenabled = false\n[mcast]\nenabled = false\n",
+            "tunnel.enabled",
+            "workers > 1",
+        ),
+    ],
+)
+def test_tunnel_config_problems(tmp_path, text, key, fragment):
+    with pytest.raises(ConfigError) as info:
+        loads(text, "t.toml", str(tmp_path))
+    problems = {p.key: p.problem for p in info.value.problems}
+    assert key in problems, problems
+    assert fragment in problems[key]
+
+
+def test_workers_with_tunnels_disabled_is_fine():
+    text = "workers = 2\n[tunnel]\nenabled = false\n[multibind]\nenabled = false\n"
+    with contextlib.suppress(ConfigError):  # other extensions may refuse workers themselves
+        assert loads(text, "t.toml").workers == 2
+    with pytest.raises(ConfigError) as info:
+        loads("workers = 2\n", "t.toml")
+    assert "tunnel.enabled" in {p.key for p in info.value.problems}

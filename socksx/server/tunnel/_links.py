@@ -64,9 +64,10 @@ class FrameLink:
         recv = self.sock.recv
         while True:
             if buf:
-                buf = self._parse(buf)
-                if buf is None:
+                rest = self._parse(buf)
+                if rest is None:
                     return
+                buf = rest
             data = recv(_RECV_SIZE)
             if not data:
                 end.end("peer-closed")

@@ -59,7 +59,7 @@ _ENDPOINTS: WeakKeyDictionary[Any, dict[tuple[str, int], Endpoint]] = WeakKeyDic
 
 
 def _family(ip: str) -> int:
-    return gsocket.AF_INET6 if ":" in ip else gsocket.AF_INET
+    return int(gsocket.AF_INET6 if ":" in ip else gsocket.AF_INET)
 
 
 def may_tunnel(rules: RuleSet, client_ip: str, user: str | None) -> Decision:
@@ -167,9 +167,9 @@ class FarTunnel(TunnelEnd):
     def __init__(self, session: Session, proto: TunnelProto) -> None:
         super().__init__(session, proto, f"{session.client_ip}:{session.client_port}")
         self.endpoint: Endpoint | None = None
-        self.a_addr: tuple | None = None
+        self.a_addr: tuple[Any, ...] | None = None
         self.outward: dict[int, Any] = {}
-        self.routes: OrderedDict[Address, tuple[int, tuple] | str] = OrderedDict()
+        self.routes: OrderedDict[Address, tuple[int, tuple[Any, ...]] | str] = OrderedDict()
         self.rules: RuleSet | None = None
         self.resolving: set[Address] = set()
         self.sent_to: set[tuple[str, int]] = set()
@@ -214,7 +214,7 @@ class FarTunnel(TunnelEnd):
 
     # -- A side ------------------------------------------------------------------------------
 
-    def on_sealed(self, dgram: bytes, src: tuple) -> None:
+    def on_sealed(self, dgram: bytes, src: tuple[Any, ...]) -> None:
         """A datagram for this TUNNEL_ID arrived at the endpoint."""
         link = self.link
         assert isinstance(link, SealedLink)
@@ -247,9 +247,9 @@ class FarTunnel(TunnelEnd):
             route = self._decide(address)
         self._send_out(route, data)
 
-    def _decide(self, address: Address) -> tuple[int, tuple] | str:
+    def _decide(self, address: Address) -> tuple[int, tuple[Any, ...]] | str:
         """Rules (command "tunnel", A's address, the user) and resolution, remembered."""
-        route: tuple[int, tuple] | str
+        route: tuple[int, tuple[Any, ...]] | str
         try:
             route = self.session.resolve_and_check(address, "tunnel")[0]
         except PolicyDenied:
@@ -276,7 +276,7 @@ class FarTunnel(TunnelEnd):
             self.resolving.discard(address)
         self._send_out(route, data)
 
-    def _send_out(self, route: tuple[int, tuple] | str, data: bytes) -> None:
+    def _send_out(self, route: tuple[int, tuple[Any, ...]] | str, data: bytes) -> None:
         if isinstance(route, str):
             self.drop(route)
             if route == "policy":

@@ -78,7 +78,7 @@ RULE_PEER_NOT_CONFIGURED = "tunnel-peer-not-configured"
 
 
 def _family(ip: str) -> int:
-    return gsocket.AF_INET6 if ":" in ip else gsocket.AF_INET
+    return int(gsocket.AF_INET6 if ":" in ip else gsocket.AF_INET)
 
 
 def find_peer(config: Config, address: Address) -> TunnelPeer | None:
@@ -275,7 +275,7 @@ class NearTunnel(TunnelEnd):
         local_ip = session.sock.getsockname()[0]
         self.client_sock = gsocket.socket(_family(local_ip), gsocket.SOCK_DGRAM)
         self.peer_sock: Any = None
-        self.client_addr: tuple | None = None
+        self.client_addr: tuple[Any, ...] | None = None
         self.headers: dict[Address, bytes] = {}
         try:
             self.client_sock.bind((local_ip, 0))
@@ -344,14 +344,14 @@ class NearTunnel(TunnelEnd):
 
     # -- client side --------------------------------------------------------------------------
 
-    def _is_client(self, src: tuple) -> bool:
+    def _is_client(self, src: tuple[Any, ...]) -> bool:
         if norm_ip(src[0]) != self.session.client_ip:
             return False
         if self.client_addr is None:
             # As UDP ASSOCIATE with DST 0.0.0.0:0: the first datagram fixes the client's port.
             self.client_addr = src
             return True
-        return src[1] == self.client_addr[1]
+        return bool(src[1] == self.client_addr[1])
 
     def _client_loop(self) -> None:
         sock = self.client_sock
