@@ -72,6 +72,7 @@ BATCH = 256  #: datagrams read per wakeup before yielding to other greenlets
 CACHE_LIMIT = 4096
 MAX_TICK = 1.0
 MIN_TICK = 0.05
+STREAK_GAP = 1.0  #: seconds without a rate drop that end a member's time over the limit
 _MAX_ID = 0xFFFFFFFF
 
 
@@ -119,6 +120,7 @@ class Member:
         "joined",
         "joined_wall",
         "key",
+        "last_drop",
         "last_seen",
         "member_id",
         "over_since",
@@ -169,7 +171,8 @@ class Member:
             if policy.member_rate
             else None
         )
-        self.over_since: float | None = None
+        self.over_since = 0.0  # start of the current streak of rate drops
+        self.last_drop = -1e9
         self.active = True
 
     @property
@@ -409,6 +412,10 @@ class Relay:
                 }
             },
         )
+
+    def terminate(self) -> None:
+        """End the relay now (the admin API's ``POST /relays/ID/terminate``): B7 to everyone."""
+        self.stop("terminated by the administrator")
 
     # -- membership -----------------------------------------------------------------------
 
@@ -773,17 +780,18 @@ class Relay:
             self._drop("policy", member)
             return
         bucket = member.bucket
-        if bucket is not None:
-            if not bucket.take(now):
-                self._drop("rate", member)
-                policy = member.policy
-                if policy.over_limit_action == "expel":
-                    if member.over_since is None:
-                        member.over_since = now
-                    if now - member.over_since >= policy.expel_after:
-                        self.expire(member, "over the send rate", Notice.MCAST_EXPELLED)
-                return
-            member.over_since = None
+        if bucket is not None and not bucket.take(now):
+            self._drop("rate", member)
+            # Over the limit "for a while" = drops without a quiet second between them: a
+            # flood keeps dropping even though the bucket lets a datagram through now and then.
+            if now - member.last_drop > STREAK_GAP:
+                member.over_since = now
+            member.last_drop = now
+            policy = member.policy
+            expel = policy.over_limit_action == "expel"
+            if expel and now - member.over_since >= policy.expel_after:
+                self.expire(member, "over the send rate", Notice.MCAST_EXPELLED)
+            return
         if not self._admit(len(payload), now):
             return
         member.datagrams_in += 1
