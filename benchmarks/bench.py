@@ -342,6 +342,8 @@ max_sessions = 20000
 max_sessions_per_client = 0
 [log]
 level = "warning"
+[admin]
+enabled = false
 [[rules]]
 id = "bench-loopback"
 action = "allow"

@@ -81,6 +81,13 @@ def _type_name(value: Any) -> str:
     return names.get(type(value), "table" if isinstance(value, dict) else type(value).__name__)
 
 
+def _enabled_or_auto(value: Any) -> bool | str:
+    """true, false, or "auto" (resolved at load: on with one worker, off with several)."""
+    if value == "auto" and isinstance(value, str):
+        return value
+    return _boolean(value)
+
+
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         msg = f"must be true or false, not {_type_name(value)} {value!r}"
@@ -460,7 +467,6 @@ class Key:
     finish: Callable[[Any, str], Any] | None = None
 
 
-
 @dataclass(frozen=True, slots=True)
 class Section:
     """A TOML table (``name`` "" is the top level) and the dataclass its keys fill."""
@@ -616,9 +622,7 @@ SECTIONS: tuple[Section, ...] = (
         TlsConfig,
         {
             "listen": Key([], _addresses, "addresses for SOCKS over TLS", _dump_listen),
-            "cert": Key(
-                "", _optional_string, "PEM certificate chain", _unset_as_empty, path=True
-            ),
+            "cert": Key("", _optional_string, "PEM certificate chain", _unset_as_empty, path=True),
             "key": Key("", _optional_string, "PEM private key", _unset_as_empty, path=True),
             "client_ca": Key(
                 "",
@@ -676,7 +680,9 @@ SECTIONS: tuple[Section, ...] = (
         "multibind",
         MultiBindConfig,
         {
-            "enabled": Key(True, _boolean, "serve MULTI_BIND and ACCEPT (false: REP 07)"),
+            "enabled": Key(
+                "auto", _enabled_or_auto, "serve MULTI_BIND/ACCEPT: true, false (REP 07), auto"
+            ),
             "max_channels_per_request": Key(
                 16, _integer_between(1, 16), "channels one MULTI_BIND may ask for (1..16)"
             ),
@@ -697,7 +703,9 @@ SECTIONS: tuple[Section, ...] = (
         "tunnel",
         TunnelConfig,
         {
-            "enabled": Key(True, _boolean, "serve SETUP_UDP_TUNNEL (false: REP 07)"),
+            "enabled": Key(
+                "auto", _enabled_or_auto, "serve SETUP_UDP_TUNNEL: true, false (REP 07), auto"
+            ),
             "keepalive": Key(25.0, _seconds, "send a keepalive after this long without sending"),
             "dead_after": Key(90.0, _seconds, "end a tunnel after this long without the peer"),
             "allow_any_peer": Key(
@@ -706,12 +714,15 @@ SECTIONS: tuple[Section, ...] = (
             "udp_bind": Key(
                 "",
                 _optional_host_port,
-                "IP:PORT of the PROTO 02 endpoint (\"\": the TLS listener's IP, any port)",
+                'IP:PORT of the PROTO 02 endpoint ("": the TLS listener\'s IP, any port)',
                 _dump_optional_host_port,
             ),
             "max_tunnels": Key(1000, _integer(0), "open tunnel ends at once (0: no limit)"),
             "peer": Key(
-                [], _tunnel_peers, "gateways B (address, ca, name, fingerprint)", _dump_peers,
+                [],
+                _tunnel_peers,
+                "gateways B (address, ca, name, fingerprint)",
+                _dump_peers,
                 finish=_peer_paths,
             ),
         },
@@ -720,7 +731,9 @@ SECTIONS: tuple[Section, ...] = (
         "mcast",
         McastConfig,
         {
-            "enabled": Key(True, _boolean, "serve JOIN/LEAVE_MCAST_GROUP (false: REP 07)"),
+            "enabled": Key(
+                "auto", _enabled_or_auto, "serve JOIN/LEAVE: true, false (REP 07), auto"
+            ),
             "mode": Key(
                 "unicast", _choice("unicast", "multicast"), "how the relay reaches members"
             ),
@@ -728,15 +741,21 @@ SECTIONS: tuple[Section, ...] = (
                 "secretbox", _choice("secretbox", "none"), "seal intranet relay traffic"
             ),
             "public_interface": Key(
-                "127.0.0.1", _optional_ip, "IP of the interface public groups are joined on",
+                "127.0.0.1",
+                _optional_ip,
+                "IP of the interface public groups are joined on",
                 _unset_as_empty,
             ),
             "intranet_interface": Key(
-                "127.0.0.1", _optional_ip, "IP of the interface facing the members",
+                "127.0.0.1",
+                _optional_ip,
+                "IP of the interface facing the members",
                 _unset_as_empty,
             ),
             "intranet_pool": Key(
-                ["239.192.76.0/24"], _networks(True), "intranet groups (multicast mode)",
+                ["239.192.76.0/24"],
+                _networks(True),
+                "intranet groups (multicast mode)",
                 _dump_networks,
             ),
             "ttl_public": Key(0, _ttl, "TTL / hop limit of datagrams sent to public groups"),
@@ -749,7 +768,9 @@ SECTIONS: tuple[Section, ...] = (
                 "auto", _tls_for_join, "refuse JOIN on plaintext channels (auto: non-loopback)"
             ),
             "deny_sources": Key(
-                [], _networks(False), "public sources never relayed (loops, other gateways)",
+                [],
+                _networks(False),
+                "public sources never relayed (loops, other gateways)",
                 _dump_networks,
             ),
             "member_timeout": Key(90.0, _seconds, "a member silent this long expires (B4)"),
@@ -772,6 +793,9 @@ SECTIONS: tuple[Section, ...] = (
 )
 
 _SECTION_BY_NAME = {s.name: s for s in SECTIONS}
+
+#: Sections of the extension commands, whose state one process must own (see "workers").
+EXTENSION_SECTIONS: tuple[str, ...] = ("mcast", "tunnel", "multibind")
 
 #: Every dotted key the schema knows, ``rules.*`` standing for the keys of each ``[[rules]]``.
 KNOWN_KEYS: tuple[str, ...] = (
@@ -806,6 +830,8 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     mcast: McastConfig = field(default_factory=McastConfig)
     rules: tuple[Rule, ...] = ()
+    #: Extension sections whose ``enabled`` was "auto" (dumped back as "auto").
+    auto_enabled: frozenset[str] = frozenset()
 
 
 # --------------------------------------------------------------------------- loading
@@ -891,7 +917,7 @@ def _multibind_needs_one_worker(values: Mapping[str, Any]) -> str | None:
     # Channels and ACCEPT tokens live in the process that served the MULTI_BIND; with several
     # workers an ACCEPT would land in another process ("auto" may mean several).
     if values["multibind"].enabled and values["workers"] != 1:
-        return 'workers > 1 or "auto" needs multibind.enabled = false'
+        return 'several workers cannot serve multibind: set multibind.enabled = "auto" or false'
     return None
 
 
@@ -899,7 +925,7 @@ def _tunnel_needs_one_worker(values: Mapping[str, Any]) -> str | None:
     # A tunnel's TLS connection, UDP sockets and PROTO 02 endpoint live in the process that
     # served the request; several workers would split one endpoint's tunnels ("auto" may too).
     if values["tunnel"].enabled and values["workers"] != 1:
-        return 'workers > 1 or "auto" needs tunnel.enabled = false'
+        return 'several workers cannot serve tunnel: set tunnel.enabled = "auto" or false'
     return None
 
 
@@ -914,7 +940,7 @@ def _mcast_needs_one_worker(values: Mapping[str, Any]) -> str | None:
     # Relays, keys and memberships live in the process that served the JOIN: with several
     # workers two members of one group could get two relays ("auto" may mean several).
     if values["mcast"].enabled and values["workers"] != 1:
-        return 'workers > 1 or "auto" needs mcast.enabled = false'
+        return 'several workers cannot serve mcast: set mcast.enabled = "auto" or false'
     return None
 
 
@@ -973,6 +999,13 @@ def _build(
             raw = {}
         assert section.cls is not None  # only the top level has no dataclass
         sections[section.name] = section.cls(**_check_section(section, raw, base_dir, problems))
+    # "auto": the extensions keep state one process must own, so they serve only when there
+    # is one worker; an explicit true with several workers is refused by CROSS_CHECKS.
+    auto_enabled = frozenset(
+        name for name in EXTENSION_SECTIONS if sections[name].enabled == "auto"
+    )
+    for name in auto_enabled:
+        sections[name] = dataclasses.replace(sections[name], enabled=top["workers"] == 1)
     for key, value in data.items():
         if key in TOP_LEVEL.keys or key in _SECTION_BY_NAME or key == "rules":
             continue
@@ -988,7 +1021,7 @@ def _build(
             problems.add(keys[0], message, keys)
     if problems:
         raise ConfigError(list(problems))
-    return Config(source=source, **top, **sections, rules=rules)
+    return Config(source=source, **top, **sections, rules=rules, auto_enabled=auto_enabled)
 
 
 def _check_section(
@@ -1081,6 +1114,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     for section in SECTIONS:
         data[section.name] = _dump_section(section, getattr(cfg, section.name))
     data["rules"] = [rule_to_table(r) for r in cfg.rules]
+    for name in cfg.auto_enabled:
+        data[name]["enabled"] = "auto"
     return data
 
 

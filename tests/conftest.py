@@ -137,7 +137,10 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
     ) -> ServerThread:
         listen = listen or ["127.0.0.1:0"]
         listen_toml = "listen = [" + ", ".join(f'"{a}"' for a in listen) + "]\n"
-        text = listen_toml + extra_toml + '\n[log]\nlevel = "warning"\n' + rules
+        # The admin API's default port is fixed (1081): tests give it port 0 unless they
+        # configure it themselves.
+        admin = "" if "[admin]" in extra_toml else '\n[admin]\nlisten = "127.0.0.1:0"\n'
+        text = listen_toml + extra_toml + admin + '\n[log]\nlevel = "warning"\n' + rules
         path = tmp_path / f"socksx-{len(servers)}.toml"
         path.write_text(text)
         server = ServerThread(text, str(path), resolver)

@@ -102,7 +102,10 @@ def test_schema_defaults_match_dataclass_defaults() -> None:
     for section in SECTIONS:
         instance = section.cls()
         for name, key in section.keys.items():
-            assert getattr(instance, name) == key.check(key.default), f"{section.name}.{name}"
+            expected = key.check(key.default)
+            if name == "enabled" and expected == "auto":
+                expected = True  # resolved at load: the default workers = 1 turns it on
+            assert getattr(instance, name) == expected, f"{section.name}.{name}"
 
 
 def test_every_problem_reported_at_once() -> None:
@@ -388,8 +391,21 @@ def test_any_user_name_round_trips(name: str) -> None:
 # --------------------------------------------------------------------------- docs
 
 
+def test_extensions_follow_the_worker_count_unless_set() -> None:
+    one = load(None)
+    assert (one.mcast.enabled, one.tunnel.enabled, one.multibind.enabled) == (True,) * 3
+    several = with_overrides(one, workers=2)
+    assert (several.mcast.enabled, several.tunnel.enabled, several.multibind.enabled) == (
+        False,
+    ) * 3
+    assert with_overrides(several, workers=1).mcast.enabled is True  # "auto" survives
+    assert loads(to_toml(several), EMBEDDED_SOURCE) == several
+    with pytest.raises(ConfigError, match="several workers cannot serve mcast"):
+        loads("workers = 2\n[mcast]\nenabled = true\n", "x.toml")
+
+
 def test_known_keys_cover_the_schema() -> None:
-    fields = {f.name for f in dataclasses.fields(Config)} - {"source", "rules"}
+    fields = {f.name for f in dataclasses.fields(Config)} - {"source", "rules", "auto_enabled"}
     sections = {s.name for s in SECTIONS}
     top = {k for k in KNOWN_KEYS if "." not in k}
     assert top == fields - sections

@@ -33,6 +33,8 @@ listen = ["127.0.0.1:{port}"]
 shutdown_grace = {grace}
 [limits]
 max_sessions = 100
+[admin]
+listen = "127.0.0.1:0"
 """
 
 ALLOW_LOOPBACK = '[[rules]]\nid = "loopback"\naction = "allow"\nfrom = ["127.0.0.0/8"]\n'
@@ -312,7 +314,9 @@ def test_unbindable_listen_address_exits_3_with_one_line(tmp_path: Path):
     config = tmp_path / "unbindable.toml"
     # an address of no interface here: bind() fails locally (EADDRNOTAVAIL), nothing is sent
     config.write_text(
-        BASE_TOML.format(port=1080, grace=1, top="").replace("127.0.0.1", "192.0.2.1")
+        BASE_TOML.format(port=1080, grace=1, top="").replace(
+            'listen = ["127.0.0.1', 'listen = ["192.0.2.1'
+        )
     )
     result = run_to_exit("server", "-c", str(config))
     assert result.returncode == 3, result.stderr
@@ -413,7 +417,7 @@ def test_sighup_reloads_the_users_file_and_sigterm_exits_after_logins(
 def rewrite(server, old: str, new: str) -> None:
     """Edit the running server's config file (the fixture's text) for the next reload."""
     assert old in server.toml_text
-    server.toml_text = server.toml_text.replace(old, new)
+    server.toml_text = server.toml_text.replace(old, new, 1)
     Path(server.source).write_text(server.toml_text)
 
 

@@ -1006,7 +1006,7 @@ ttl = 8
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ("workers = 2\n", "mcast.enabled"),
+        ("workers = 2\n[mcast]\nenabled = true\n", "mcast.enabled"),
         ('[mcast]\nmode = "multicast"\nintranet_pool = ["ff15::/120"]\n', "mcast.intranet_pool"),
         ('[mcast]\nintranet_pool = ["10.0.0.0/8"]\n', "mcast.intranet_pool[0]"),
         ("[mcast]\nttl_public = 256\n", "mcast.ttl_public"),

@@ -41,7 +41,9 @@ def test_privileges_are_dropped_after_binding(run_server, echo_server):  # noqa:
 
 def test_unknown_user_is_one_line_and_exit_3(tmp_path):
     config = tmp_path / "bad-user.toml"
-    config.write_text('listen = ["127.0.0.1:0"]\nuser = "no-such-user-xyz"\n')
+    config.write_text(
+        'listen = ["127.0.0.1:0"]\nuser = "no-such-user-xyz"\n[admin]\nenabled = false\n'
+    )
     result = subprocess.run(
         [sys.executable, "-m", "socksx", "server", "-c", str(config)],
         cwd=ROOT,
@@ -65,7 +67,7 @@ def test_session_lines_reach_a_syslog_receiver(tmp_path, echo_server):
     config.write_text(
         'listen = ["127.0.0.1:0"]\n'
         f'[log]\ntarget = "syslog"\nsyslog_address = "127.0.0.1:{receiver.getsockname()[1]}"\n'
-        "[limits]\nmax_sessions = 100\n"
+        "[limits]\nmax_sessions = 100\n[admin]\nenabled = false\n"
         '[[rules]]\naction = "allow"\nfrom = ["127.0.0.0/8"]\n'
     )
     proc = subprocess.Popen(

@@ -655,9 +655,9 @@ def test_tunnel_config_peers(tmp_path):
         ("[tunnel]\nkeepalive = 90\n", "tunnel.keepalive", "shorter than tunnel.dead_after"),
         ('[tunnel]\nudp_bind = "gw:1"\n', "tunnel.udp_bind", "not an IP address"),
         (
-            "workers = 2\n[multibind]\nenabled = false\n[mcast]\nenabled = false\n",
+            "workers = 2\n[tunnel]\nenabled = true\n",
             "tunnel.enabled",
-            "workers > 1",
+            "several workers cannot serve tunnel",
         ),
     ],
 )
@@ -669,10 +669,8 @@ def test_tunnel_config_problems(tmp_path, text, key, fragment):
     assert fragment in problems[key]
 
 
-def test_workers_with_tunnels_disabled_is_fine():
-    text = "workers = 2\n[tunnel]\nenabled = false\n[multibind]\nenabled = false\n"
-    with contextlib.suppress(ConfigError):  # other extensions may refuse workers themselves
-        assert loads(text, "t.toml").workers == 2
-    with pytest.raises(ConfigError) as info:
-        loads("workers = 2\n", "t.toml")
-    assert "tunnel.enabled" in {p.key for p in info.value.problems}
+def test_workers_turn_automatic_tunnels_off():
+    """enabled = "auto" (the default): tunnels are served only by a single process."""
+    assert loads("workers = 2\n", "t.toml").tunnel.enabled is False
+    assert loads("workers = 1\n", "t.toml").tunnel.enabled is True
+    assert loads("workers = 2\n[tunnel]\nenabled = false\n", "t.toml").workers == 2

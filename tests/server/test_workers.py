@@ -32,6 +32,7 @@ class Supervised:
         conf = tmp_path / "workers.toml"
         conf.write_text(
             f'listen = ["127.0.0.1:{self.port}"]\nworkers = {workers}\n'
+            '[admin]\nlisten = "127.0.0.1:0"\n'
             '[[rules]]\naction = "allow"\nfrom = ["127.0.0.0/8"]\n'
         )
         self.proc = subprocess.Popen(
