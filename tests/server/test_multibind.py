@@ -807,3 +807,24 @@ def test_accept_takes_a_raw_token_and_explains_a_refusal(make_server):
                 assert recv_exactly(peer, 9) == b"raw token"
         with pytest.raises(ValueError, match="not a UDP channel"):
             mb.udp_socket(0)
+
+
+def test_the_embedded_default_serves_multibind_on_loopback():
+    """Issue 7: `socksx bind` works on one machine with the embedded default config."""
+    from socksx.config import DEFAULT_TOML
+    from tests.conftest import ServerThread
+
+    text = DEFAULT_TOML.replace('listen = ["127.0.0.1:1080"]', 'listen = ["127.0.0.1:0"]')
+    assert text != DEFAULT_TOML
+    server = ServerThread(text + "[admin]\nenabled = false\n", "<embedded default>")
+    try:
+        with multi_bind(proxy=server.address, tcp=1, udp=2, rtp_pair=True, timeout=WAIT) as mb:
+            assert {c.bound[0] for c in mb.channels} == {"127.0.0.1"}
+            with (
+                connect_from(Address(*mb.channels[0].bound)) as peer,
+                mb.accept(mb.next_event(timeout=WAIT)) as sock,
+            ):
+                peer.sendall(b"default")
+                assert recv_exactly(sock, 7) == b"default"
+    finally:
+        server.stop()
