@@ -38,7 +38,6 @@ from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from gevent import select as gselect
 from gevent import socket as gsocket
 from gevent.event import AsyncResult
 from gevent.lock import Semaphore
@@ -407,20 +406,23 @@ class UdpChannel(Channel):
 
         A peer datagram found before the client registered may have raced a registration that
         is already in REL's queue (the two sockets are served by different greenlets): reading
-        REL first keeps "before registration" meaning what the client sees.
+        REL first keeps "before registration" meaning what the client sees. The reads are
+        non-blocking and never yield, so the greenlet that serves REL is not disturbed.
         """
         sock = self.rel_sock
-        for _ in range(DRAIN_LIMIT):
-            readable, _, _ = gselect.select([sock], [], [], 0)
-            if not readable:
-                return
-            try:
-                data, src = sock.recvfrom(UDP_RECV_SIZE)
-            except OSError:
-                return
-            self._from_client(data, src)
-            if self.client_addr is not None:
-                return
+        sock.settimeout(0.0)
+        try:
+            for _ in range(DRAIN_LIMIT):
+                try:
+                    data, src = sock.recvfrom(UDP_RECV_SIZE)
+                except OSError:
+                    return  # nothing queued (or closed)
+                self._from_client(data, src)
+                if self.client_addr is not None:
+                    return
+        finally:
+            if sock.fileno() >= 0:
+                sock.settimeout(None)
 
     def _from_client(self, data: bytes, src: tuple[Any, ...]) -> None:
         """One datagram at REL: the first from the client's IP registers it; then routed."""
