@@ -14,7 +14,9 @@ import contextlib
 import ipaddress
 import json
 import os
+import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
@@ -60,6 +62,28 @@ def _group(target: tuple[str, int]) -> tuple[str, int]:
 
 
 @contextlib.contextmanager
+def _interrupts_here() -> Iterator[None]:
+    """Under gevent, make Ctrl-C a KeyboardInterrupt in this greenlet, wherever it arrives.
+
+    Python raises it in whatever code runs when the signal comes: with gevent that may be the
+    membership's control or keepalive greenlet, which would die instead of the command, and
+    the LEAVE would hang on a reply nobody reads.
+    """
+    if "gevent.monkey" not in sys.modules:
+        yield
+        return
+    import gevent
+    import greenlet
+
+    target = greenlet.getcurrent()
+    handler = gevent.signal_handler(signal.SIGINT, target.throw, KeyboardInterrupt)
+    try:
+        yield
+    finally:
+        handler.cancel()
+
+
+@contextlib.contextmanager
 def _membership(
     app: App,
     target: tuple[str, int],
@@ -102,12 +126,13 @@ def _membership(
         app.fail(str(exc), ExitCode.UNREACHABLE)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    sealed = "sealed" if membership.sealed else "unencrypted"
-    app.info(
-        f"joined {where} via {url.hostport}: {_PERMISSION_TEXT[membership.permission]}; "
-        f"relay {hostport_text(*membership.endpoint)}, {membership.mode} mode, {sealed}"
-    )
     try:
+        # Announced inside the try: a Ctrl-C right after the announcement still LEAVEs.
+        sealed = "sealed" if membership.sealed else "unencrypted"
+        app.info(
+            f"joined {where} via {url.hostport}: {_PERMISSION_TEXT[membership.permission]}; "
+            f"relay {hostport_text(*membership.endpoint)}, {membership.mode} mode, {sealed}"
+        )
         yield membership
     finally:
         # Always a LEAVE, Ctrl-C included (main() then exits 130): the relay takes what we sent
@@ -218,7 +243,7 @@ def mcast_join(
 
     deadline = None if duration is None else time.monotonic() + duration
     received = 0
-    with _membership(
+    with _interrupts_here(), _membership(
         app, target, via, username, password_file, ca_file, fingerprint, timeout
     ) as membership:
         if not membership.can_receive:
@@ -339,7 +364,7 @@ def mcast_send(
     if generated and messages:
         msg = "give MESSAGE arguments or --size/--count, not both"
         raise click.UsageError(msg)
-    with _membership(
+    with _interrupts_here(), _membership(
         app, target, via, username, password_file, ca_file, fingerprint, timeout
     ) as membership:
         if not membership.can_send:

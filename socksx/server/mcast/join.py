@@ -43,8 +43,9 @@ from socksx.protocol.mcast import (
 )
 from socksx.protocol.messages import Reply
 from socksx.server.mcast.manager import manager_for
+from socksx.server.mcast.member import Member
 from socksx.server.mcast.policy import choose_policy
-from socksx.server.mcast.relay import Member, Relay, RelayError
+from socksx.server.mcast.relay import Relay, RelayError
 
 if TYPE_CHECKING:
     from socksx.server.session import Session
@@ -194,8 +195,8 @@ class Channel:
             session.client_ip,
         )
         if policy.permission == "none":
-            reply = JoinReply(ReplyCode.MCAST_DENIED)
-            return self._refuse(reply, f"mcast-denied policy={policy.id}", group)
+            denied = JoinReply(ReplyCode.MCAST_DENIED)
+            return self._refuse(denied, f"mcast-denied policy={policy.id}", group)
         if len(self.members) >= config.max_groups_per_channel:
             reply = Reply(ReplyCode.MCAST_LIMIT)
             return self._refuse(reply, "mcast-limit: groups per channel", group)

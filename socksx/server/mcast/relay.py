@@ -28,7 +28,7 @@ import ipaddress
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import nacl.utils
@@ -39,7 +39,7 @@ from socksx.log import logger
 from socksx.protocol.address import Address
 from socksx.protocol.constants import UDP_RECV_SIZE, McastDatagramType, Notice
 from socksx.protocol.mcast import encode_relay_plain, open_member_datagram, seal_relay
-from socksx.protocol.sealed import KEY_SIZE, ReplayWindow, UnsealError, peek_header
+from socksx.protocol.sealed import KEY_SIZE, UnsealError, peek_header
 from socksx.server.mcast.iface import (
     Interface,
     InterfaceError,
@@ -48,6 +48,7 @@ from socksx.server.mcast.iface import (
     join_group,
     set_outgoing,
 )
+from socksx.server.mcast.member import Channel, Member, wall_time
 from socksx.server.mcast.policy import McastPolicy, TokenBucket
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ BATCH = 256  #: datagrams read per wakeup before yielding to other greenlets
 CACHE_LIMIT = 4096
 MAX_TICK = 1.0
 MIN_TICK = 0.05
+SOCKET_BUFFER = 4 << 20  #: octets asked for each relay socket's send and receive buffers
+SO_SNDBUFFORCE = getattr(gsocket, "SO_SNDBUFFORCE", 32)  #: linux/socket.h
+SO_RCVBUFFORCE = getattr(gsocket, "SO_RCVBUFFORCE", 33)  #: linux/socket.h
 STREAK_GAP = 1.0  #: seconds without a rate drop that end a member's time over the limit
 _MAX_ID = 0xFFFFFFFF
 
@@ -80,128 +84,11 @@ class RelayError(Exception):
     """The relay cannot start (no interface configured, bind or join refused)."""
 
 
-class Channel(Protocol):
-    """What the relay needs of a member's control channel: somewhere to post events."""
-
-    def post(self, event: tuple[Any, ...]) -> None:
-        """Queue an event for the channel's greenlet (never blocks)."""
-
-
 def _norm(ip: str) -> str:
     """IPv4-mapped IPv6 -> IPv4, scope ids removed: one spelling per host."""
     if ip.startswith("::ffff:") and "." in ip:
         return ip[7:]
     return ip.split("%", 1)[0]
-
-
-def _wall(stamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
-
-
-class Member:
-    """One membership: its keys, its limits, what it did."""
-
-    __slots__ = (
-        "active",
-        "bucket",
-        "bytes_in",
-        "bytes_out",
-        "can_receive",
-        "can_send",
-        "channel",
-        "client",
-        "client_ip",
-        "datagrams_in",
-        "datagrams_out",
-        "drops",
-        "endpoint",
-        "group_out_base",
-        "idle_limit",
-        "joined",
-        "joined_wall",
-        "key",
-        "last_drop",
-        "last_seen",
-        "member_id",
-        "over_since",
-        "policy",
-        "seq_out",
-        "ttl",
-        "user",
-        "window",
-    )
-
-    def __init__(
-        self,
-        member_id: int,
-        channel: Channel,
-        user: str | None,
-        client_ip: str,
-        client_port: int,
-        policy: McastPolicy,
-        idle_limit: float,
-        ttl: int,
-        now: float,
-    ) -> None:
-        self.member_id = member_id
-        self.key = nacl.utils.random(KEY_SIZE)
-        self.channel = channel
-        self.user = user
-        self.client_ip = client_ip
-        self.client = str(Address(client_ip, client_port))
-        self.policy = policy
-        self.can_send = policy.can_send
-        self.can_receive = policy.can_receive
-        self.idle_limit = idle_limit
-        self.ttl = ttl
-        self.joined = now
-        self.joined_wall = time.time()
-        self.last_seen = now
-        self.endpoint: tuple[Any, ...] | None = None
-        self.window = ReplayWindow()
-        self.seq_out = 0
-        self.datagrams_in = 0
-        self.bytes_in = 0
-        self.datagrams_out = 0
-        self.bytes_out = 0
-        self.group_out_base = (0, 0)
-        self.drops = 0
-        self.bucket = (
-            TokenBucket(policy.member_rate, policy.member_burst or policy.member_rate, now)
-            if policy.member_rate
-            else None
-        )
-        self.over_since = 0.0  # start of the current streak of rate drops
-        self.last_drop = -1e9
-        self.active = True
-
-    @property
-    def permission(self) -> str:
-        """"both", "receive" or "send" (a member with neither does not exist)."""
-        return self.policy.permission
-
-    def snapshot(self, now: float, group_out: tuple[int, int] | None) -> dict[str, Any]:
-        """JSON-able state for the stats API (*group_out*: the relay's multicast-mode totals)."""
-        datagrams_out, bytes_out = self.datagrams_out, self.bytes_out
-        if group_out is not None and self.can_receive:
-            datagrams_out = group_out[0] - self.group_out_base[0]
-            bytes_out = group_out[1] - self.group_out_base[1]
-        return {
-            "member_id": self.member_id,
-            "user": self.user,
-            "client": self.client,
-            "permission": self.permission,
-            "endpoint": None if self.endpoint is None else str(
-                Address.from_ip(self.endpoint[0], self.endpoint[1])
-            ),
-            "datagrams_in": self.datagrams_in,
-            "bytes_in": self.bytes_in,
-            "datagrams_out": datagrams_out,
-            "bytes_out": bytes_out,
-            "drops": self.drops,
-            "age": round(now - self.joined, 3),
-            "idle": round(now - self.last_seen, 3),
-        }
 
 
 class Relay:
@@ -249,6 +136,7 @@ class Relay:
         self.relay_bucket: TokenBucket | None = None
         self.bandwidth_bucket: TokenBucket | None = None
         self.sockets: list[gsocket.socket] = []
+        self._joined: list[tuple[gsocket.socket, str, Interface]] = []
         self.greenlets = Group()
         self._sources: dict[tuple[Any, ...], Address] = {}
         self._denied: dict[str, bool] = {}
@@ -304,6 +192,15 @@ class Relay:
         sock = gsocket.socket(family, gsocket.SOCK_DGRAM)
         self.sockets.append(sock)
         sock.settimeout(0.0)  # never waits: the loops wait on readiness themselves
+        # A unicast fan-out sends N datagrams per public one in a burst, and a datagram still
+        # queued at a receiver counts against the sender's buffer: room for bursts, not drops.
+        for forced, plain in ((SO_SNDBUFFORCE, gsocket.SO_SNDBUF), (SO_RCVBUFFORCE,
+                                                                     gsocket.SO_RCVBUF)):
+            try:
+                sock.setsockopt(gsocket.SOL_SOCKET, forced, SOCKET_BUFFER)
+            except OSError:  # without CAP_NET_ADMIN: as much as the sysctl limits allow
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(gsocket.SOL_SOCKET, plain, SOCKET_BUFFER)
         return sock
 
     def _open_public(self) -> None:
@@ -313,7 +210,7 @@ class Relay:
         recv = self._socket(self.family)
         recv.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
         recv.bind((host, port))
-        join_group(recv, host, iface)
+        self._join(recv, host, iface)
         set_outgoing(recv, self.family, iface, self.config.ttl_public, iface.loopback)
         send = self._socket(self.family)
         local = self._local_address(iface, self.family)
@@ -354,7 +251,7 @@ class Relay:
         recv = self._socket(family)
         recv.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
         recv.bind((group, port))
-        join_group(recv, group, iface)
+        self._join(recv, group, iface)
         set_outgoing(recv, family, iface, config.ttl_intranet, True)
         send = self._socket(family)
         send.bind((ip, 0))
@@ -365,17 +262,16 @@ class Relay:
         self.intranet_dest = (group, port)
         self.endpoint = Address(group, port)
 
+    def _join(self, sock: gsocket.socket, group: str, iface: Interface) -> None:
+        join_group(sock, group, iface)
+        self._joined.append((sock, group, iface))
+
     def _close_sockets(self) -> None:
+        # Leave explicitly (IGMP leave / MLD done now), then close.
+        for sock, group, iface in self._joined:
+            drop_membership(sock, group, iface)
+        self._joined = []
         for sock in self.sockets:
-            if sock is getattr(self, "public_recv", None) and self.public_iface is not None:
-                drop_membership(sock, self.group.host, self.public_iface)
-            if (
-                self.intranet_group is not None
-                and sock is getattr(self, "intranet_recv", None)
-                and self.intranet_iface is not None
-                and self.mode == "multicast"
-            ):
-                drop_membership(sock, self.intranet_group, self.intranet_iface)
             sock.close()
         self.sockets = []
 
@@ -508,8 +404,8 @@ class Relay:
                     "datagrams_out": member.datagrams_out,
                     "bytes_out": member.bytes_out,
                     "drops": member.drops,
-                    "joined": _wall(member.joined_wall),
-                    "left": _wall(left),
+                    "joined": wall_time(member.joined_wall),
+                    "left": wall_time(left),
                     "duration": round(left - member.joined_wall, 3),
                     "why": why,
                 }
@@ -695,6 +591,7 @@ class Relay:
             self._drop("malformed")
             return
         kind = data[0]
+        member: Member | None
         if kind == McastDatagramType.MEMBER_SEALED:
             opened = self._open_sealed(data, src)
             if opened is None:
@@ -708,11 +605,10 @@ class Relay:
             if member is None:
                 return
             payload = data[1:]
-        elif kind in (McastDatagramType.RELAY_SEALED, McastDatagramType.RELAY_PLAIN):
-            return  # relay output (ours, looped back in multicast mode): never input
         else:
-            self._drop("malformed")
-            return
+            if kind not in (McastDatagramType.RELAY_SEALED, McastDatagramType.RELAY_PLAIN):
+                self._drop("malformed")
+            return  # relay output (ours, looped back in multicast mode) is never input
         now = time.monotonic()
         member.last_seen = now
         self.intranet_in += 1
