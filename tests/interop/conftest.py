@@ -33,6 +33,21 @@ def loopback_resolver(host: str, port: int) -> list[tuple[int, tuple]]:
     return [(socket.AF_INET, ("127.0.0.1", port))]
 
 
+class RecordingResolver:
+    """loopback_resolver that remembers each name the server looked up.
+
+    The server calls its resolver only for names (ATYP 03, SOCKS4a), never for IP literals, so
+    the list tells which clients resolved locally and which left the name to the server.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __call__(self, host: str, port: int) -> list[tuple[int, tuple]]:
+        self.names.append(host)
+        return loopback_resolver(host, port)
+
+
 def need_binary(name: str, package: str) -> str:
     """The binary's path, or skip the test naming the Debian package to install."""
     path = shutil.which(name)
@@ -136,6 +151,12 @@ def userpass_server(
 def named_server(make_server: Callable[..., ServerThread]) -> ServerThread:
     """A no-auth server whose resolver maps every name to 127.0.0.1."""
     return make_server(resolver=loopback_resolver)
+
+
+@pytest.fixture
+def recording_server(make_server: Callable[..., ServerThread]) -> ServerThread:
+    """named_server whose ``.resolver`` is a RecordingResolver (``.resolver.names``)."""
+    return make_server(resolver=RecordingResolver())
 
 
 @pytest.fixture
