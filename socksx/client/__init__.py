@@ -21,7 +21,6 @@ from typing import Final
 from socksx.client._driver import Credentials, Session, open_session, open_socket
 from socksx.client.mcast import Membership, MembershipEnded, join_group
 from socksx.client.proxyurl import DEFAULT_PORT, ProxyURL, parse_proxy_url, proxy_from_env
-from socksx.client.tunnel import Tunnel, open_tunnel
 from socksx.errors import LocalProtocolError, ReplyError
 from socksx.protocol.address import Address
 from socksx.protocol.client_connection import ClientEvent, RawReply, RawRequest
@@ -233,20 +232,22 @@ class UdpAssociation:
         Datagrams not from the relay, malformed ones and fragments (FRAG != 0, which socksx
         does not reassemble) are skipped. Data beyond *bufsize* is discarded, as recvfrom does.
 
+        *timeout* 0 checks once without waiting.
+
         Raises:
             TimeoutError: nothing within *timeout*.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    msg = "no datagram from the relay in time"
-                    raise TimeoutError(msg)
-                self._udp.settimeout(remaining)
-            else:
+            if deadline is None:
                 self._udp.settimeout(None)
-            dgram, source = self._udp.recvfrom(UDP_RECV_SIZE)
+            else:
+                self._udp.settimeout(max(deadline - time.monotonic(), 0.0))
+            try:
+                dgram, source = self._udp.recvfrom(UDP_RECV_SIZE)
+            except (BlockingIOError, TimeoutError):
+                msg = "no datagram from the relay in time"
+                raise TimeoutError(msg) from None
             if _key(source[0], source[1]) != self._relay_key:
                 continue
             try:
@@ -506,3 +507,4 @@ def _closing_on_error(session: Session) -> Iterator[None]:
 
 # Last: the extension clients build on the helpers above (an import at the top would be a cycle).
 from socksx.client.multibind import MultiBind, multi_bind  # noqa: E402
+from socksx.client.tunnel import Tunnel, open_tunnel  # noqa: E402 - it builds on UdpAssociation

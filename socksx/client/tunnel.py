@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import time
-from types import TracebackType
 from typing import Final
 
+from socksx.client import UdpAssociation
 from socksx.client._driver import Session, open_session
 from socksx.client.proxyurl import ProxyURL, parse_proxy_url, proxy_from_env
 from socksx.errors import ProxyConnectionError, ReplyError
 from socksx.protocol.address import Address
 from socksx.protocol.client_connection import RawReply, RawRequest
-from socksx.protocol.constants import UDP_RECV_SIZE, TunnelProto
-from socksx.protocol.datagram import decode_udp_datagram, encode_udp_datagram
-from socksx.protocol.errors import ProtocolError
+from socksx.protocol.constants import TunnelProto
 from socksx.protocol.messages import maybe_read_reply
 from socksx.protocol.tunnel import TunnelRequest
 
@@ -38,86 +35,18 @@ DEFAULT_TIMEOUT: Final = 30.0  #: A's reply waits for TCP, TLS and SOCKS with B
 PROTOS: Final = {"tls": TunnelProto.TLS, "udp": TunnelProto.UDP}
 
 
-class Tunnel:
-    """An open tunnel: datagrams to ``relay`` go to site B; lives as long as ``control``."""
+class Tunnel(UdpAssociation):
+    """An open tunnel: datagrams to ``relay`` go to site B; lives as long as ``control``.
+
+    A UDP association whose far end is gateway B: names are always resolved in site B.
+    """
 
     def __init__(
         self, session: Session, udp: socket.socket, relay: HostPort, peer: HostPort, proto: int
     ) -> None:
-        self._session = session
-        self._udp = udp
-        self.relay = relay
+        super().__init__(session, udp, relay, remote_dns=True)
         self.peer = peer
         self.proto = TunnelProto(proto)
-        self._relay_key = (Address.from_ip(*relay).host, relay[1])
-
-    @property
-    def control(self) -> socket.socket:
-        """The TCP (or TLS) control connection: closing it ends the tunnel on both gateways."""
-        return self._session.sock
-
-    @property
-    def socket(self) -> socket.socket:
-        """The local UDP socket (for select/poll)."""
-        return self._udp
-
-    def sendto(self, data: bytes, address: HostPort) -> int:
-        """Send *data* to *address* in site B (a name is resolved by gateway B); len(data)."""
-        host, port = address
-        try:
-            target = Address.from_ip(host, port)
-        except ValueError:
-            target = Address(host, port)
-        self._udp.sendto(encode_udp_datagram(target, data), self.relay)
-        return len(data)
-
-    def recvfrom(
-        self, bufsize: int = UDP_RECV_SIZE, timeout: float | None = None
-    ) -> tuple[bytes, HostPort]:
-        """The next answer from site B: (data, its source).
-
-        *timeout* 0 checks once without waiting. Datagrams not from the relay, malformed ones
-        and fragments are skipped.
-
-        Raises:
-            TimeoutError: nothing within *timeout*.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if deadline is None:
-                self._udp.settimeout(None)
-            else:
-                self._udp.settimeout(max(deadline - time.monotonic(), 0.0))
-            try:
-                dgram, source = self._udp.recvfrom(UDP_RECV_SIZE)
-            except (BlockingIOError, TimeoutError):
-                msg = "no datagram from the tunnel in time"
-                raise TimeoutError(msg) from None
-            if (Address.from_ip(*source[:2]).host, source[1]) != self._relay_key:
-                continue
-            try:
-                header, offset = decode_udp_datagram(dgram)
-            except ProtocolError:
-                continue
-            if header.frag:
-                continue
-            return dgram[offset : offset + bufsize], (header.address.host, header.address.port)
-
-    def close(self) -> None:
-        """Close the UDP socket and the control connection (idempotent)."""
-        self._udp.close()
-        self._session.close()
-
-    def __enter__(self) -> Tunnel:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _proxy(proxy: ProxyURL | str | None) -> ProxyURL:
