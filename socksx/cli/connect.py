@@ -93,20 +93,30 @@ def resolve_credentials(
         if not user:
             msg = "--password-file needs --user (or a user in the proxy URL)"
             raise click.UsageError(msg)
-        try:
-            with open(password_file, "rb") as f:
-                line = f.readline()
-        except OSError as exc:
-            msg = f"cannot read {password_file}: {exc.strerror or exc}"
-            raise click.BadParameter(msg, param_hint="--password-file") from None
-        password = line.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8", "surrogateescape")
-        if not password:
-            msg = f"{password_file}: the first line (the password) is empty"
-            raise click.BadParameter(msg, param_hint="--password-file")
+        password = read_password_file(password_file, "--password-file")
     if user and not password and url.version == 5:
         msg = "--user needs --password-file (or user:password in the proxy URL)"
         raise click.UsageError(msg)
     return user, password
+
+
+def read_password_file(path: str, option: str) -> str:
+    """The first line of *path* (a password never comes from the command line itself).
+
+    Raises:
+        click.BadParameter: unreadable file or empty first line (exit 2, naming *option*).
+    """
+    try:
+        with open(path, "rb") as stream:
+            line = stream.readline()
+    except OSError as exc:
+        msg = f"cannot read {path}: {exc.strerror or exc}"
+        raise click.BadParameter(msg, param_hint=option) from None
+    password = line.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8", "surrogateescape")
+    if not password:
+        msg = f"{path}: the first line (the password) is empty"
+        raise click.BadParameter(msg, param_hint=option)
+    return password
 
 
 def hostport_text(host: str, port: int) -> str:
@@ -183,13 +193,12 @@ def connect(
             relay(sock, read_stdin(), write_stdout())
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
-            app.fail(f"connection to {hostport_text(host, port)} lost: {reason}",
-                     ExitCode.UNREACHABLE)
+            app.fail(
+                f"connection to {hostport_text(host, port)} lost: {reason}", ExitCode.UNREACHABLE
+            )
 
 
-def relay(
-    sock: socket.socket, read: Callable[[], bytes], write: Callable[[bytes], None]
-) -> None:
+def relay(sock: socket.socket, read: Callable[[], bytes], write: Callable[[bytes], None]) -> None:
     """stdin -> sock in a thread (a greenlet once patched), sock -> stdout here until EOF."""
     sender = threading.Thread(target=_send_stdin, args=(sock, read), daemon=True)
     sender.start()

@@ -21,7 +21,13 @@ import click
 from socksx.cli._app import App
 from socksx.cli._exit import ExitCode
 from socksx.cli._types import Duration, HostPort
-from socksx.cli.connect import hostport_text, proxy_options, resolve_credentials, resolve_proxy
+from socksx.cli.connect import (
+    hostport_text,
+    proxy_options,
+    read_password_file,
+    resolve_credentials,
+    resolve_proxy,
+)
 
 if TYPE_CHECKING:
     from socksx.client.tunnel import Tunnel
@@ -56,20 +62,6 @@ class Counters:
             f"down {self.datagrams_down} / {self.bytes_down}, "
             f"dropped {self.dropped}, {age:.0f} s"
         )
-
-
-def _read_password(path: str) -> str:
-    try:
-        with open(path, "rb") as stream:
-            line = stream.readline()
-    except OSError as exc:
-        msg = f"cannot read {path}: {exc.strerror or exc}"
-        raise click.BadParameter(msg, param_hint="--peer-password-file") from None
-    password = line.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8", "surrogateescape")
-    if not password:
-        msg = f"{path}: the first line (the password) is empty"
-        raise click.BadParameter(msg, param_hint="--peer-password-file")
-    return password
 
 
 def _bind(address: tuple[str, int]) -> socket.socket:
@@ -180,7 +172,11 @@ def peer(
     if (peer_user is None) != (peer_password_file is None):
         msg = "--peer-user and --peer-password-file go together"
         raise click.UsageError(msg)
-    peer_password = _read_password(peer_password_file) if peer_password_file else None
+    peer_password = (
+        read_password_file(peer_password_file, "--peer-password-file")
+        if peer_password_file
+        else None
+    )
     try:
         local = _bind(listen)
     except OSError as exc:
