@@ -37,14 +37,19 @@ class RecordingResolver:
     """loopback_resolver that remembers each name the server looked up.
 
     The server calls its resolver only for names (ATYP 03, SOCKS4a), never for IP literals, so
-    the list tells which clients resolved locally and which left the name to the server.
+    the list tells which clients resolved locally and which left the name to the server. With
+    *known*, only those names resolve; any other is "not found" (REP 04 to the client), which
+    keeps a client's own background fetches from reaching even loopback ports.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, known: frozenset[str] | None = None) -> None:
+        self.known = known
         self.names: list[str] = []
 
     def __call__(self, host: str, port: int) -> list[tuple[int, tuple]]:
         self.names.append(host)
+        if self.known is not None and host not in self.known:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return loopback_resolver(host, port)
 
 
