@@ -234,7 +234,7 @@ def _cooperative() -> bool:
 
 def read_stdin() -> Callable[[], bytes]:
     """A reader of stdin chunks (b"" at EOF): the raw fd when there is one."""
-    stream = click.get_binary_stream("stdin")
+    stream = sys.stdin.buffer
     try:
         fd = stream.fileno()
     except (OSError, ValueError, io.UnsupportedOperation):
@@ -252,7 +252,7 @@ def read_stdin() -> Callable[[], bytes]:
 
 def write_stdout() -> Callable[[bytes], None]:
     """A writer of whole chunks to stdout, unbuffered (ssh reads it as a stream)."""
-    stream = click.get_binary_stream("stdout")
+    stream = sys.stdout.buffer
     try:
         fd = stream.fileno()
     except (OSError, ValueError, io.UnsupportedOperation):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import click
 
@@ -49,11 +50,11 @@ def _check_username(username: str) -> None:
 
 
 def _read_password(app: App, *, confirm: bool) -> bytes:
-    if click.get_text_stream("stdin").isatty():
+    if sys.stdin.isatty():
         text = click.prompt("Password", hide_input=True, confirmation_prompt=confirm, err=True)
         password = text.encode("utf-8", "surrogateescape")
     else:
-        line = click.get_binary_stream("stdin").readline(4 * MAX_PASSWORD_OCTETS)
+        line = sys.stdin.buffer.readline(4 * MAX_PASSWORD_OCTETS)
         if not line:
             app.fail("no password on stdin (expected one line)", ExitCode.FAILURE)
         password = line.removesuffix(b"\n").removesuffix(b"\r")
