@@ -27,7 +27,8 @@ from gevent.event import Event
 __all__ = ["SPLICE_AVAILABLE", "Counters", "relay"]
 
 CHUNK = 65536  #: user-space copy buffer, one per direction
-PIPE_SIZE = 262144  #: splice pipe capacity (F_SETPIPE_SZ) and the most moved per event
+PIPE_SIZE = 262144  #: splice pipe capacity (F_SETPIPE_SZ) and the most moved per splice
+ROUNDS_PER_EVENT = 4  #: splices a flow may do per readiness event before yielding
 SPLICE_AVAILABLE = hasattr(os, "splice") and hasattr(os, "pipe2")
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if SPLICE_AVAILABLE else 0
@@ -137,19 +138,25 @@ class _Flow:
                 # A pipe only while bytes are in flight: an idle session holds none (two
                 # descriptors per session, not six), and the pool makes this cheap.
                 self.pipe_r, self.pipe_w = _make_pipe()
-            try:
-                n = os.splice(self.sfd, self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                self._put_back_pipe()  # a spurious wake-up: the pipe is still empty
-                return
-            if not n:
-                self.eof = True
-                self._finish()
-                return
-            self.buffered = n
+            # A few rounds per wake-up while data keeps coming (fewer trips through the event
+            # loop on bulk transfers); bounded, so one busy flow cannot starve the others.
+            for _ in range(ROUNDS_PER_EVENT):
+                try:
+                    n = os.splice(self.sfd, self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    break
+                if not n:
+                    self.eof = True
+                    self._finish()
+                    return
+                self.buffered = n
+                if not self._push():
+                    self.relay.last = monotonic()
+                    return  # the pipe stays with us until dst drains it
+                if n < PIPE_SIZE:
+                    break  # the socket had less than a pipeful: it is probably empty now
             self.relay.last = monotonic()
-            if self._push():
-                self._put_back_pipe()
+            self._put_back_pipe()
         except OSError as exc:
             self.relay.fail(exc)
 
