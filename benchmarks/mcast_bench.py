@@ -158,9 +158,9 @@ from = ["127.0.0.0/8"]
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """(all CPU time, user-space CPU time) of every thread of *pid*.
 
-    The total comes from schedstat (nanoseconds); the user part from stat (clock ticks). On
-    loopback the kernel delivers every copy of a datagram inside the sender's sendto(), so the
-    system part includes the receivers' side: the user part is the relay's own work.
+    The total comes from schedstat (nanoseconds); the user part from stat (clock ticks, sampled:
+    only in the JSON). On loopback the kernel delivers every copy of a datagram inside the
+    sender's sendto(), so the total includes the receiving side's kernel work.
     """
     total = user = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -293,28 +293,27 @@ def _wait_registered(source: socket.socket, group: tuple[str, int],
 def table(results: list[Result]) -> str:
     lines = [
         "| mode | encryption | payload | N | sent | delivered/s | loss | relay CPU "
-        "| us/public dgram | of which user | max public dgram/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| us/public dgram | max public dgram/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         row = r.row()
         lines.append(
             f"| {r.mode} | {r.encryption} | {r.size} | {r.members} | {r.sent} | "
             f"{row['delivered_per_s']} | {100 * r.loss:.1f}% | {row['relay_cpu_percent']}% | "
-            f"{row['us_per_public_datagram']} | {row['user_us_per_public_datagram']} | "
-            f"{row['max_public_per_s']} |"
+            f"{row['us_per_public_datagram']} | {row['max_public_per_s']} |"
         )
     return "\n".join(lines)
 
 
 def figure(results: list[Result], width: int = 50) -> str:
-    """Relay user CPU per public datagram against N, one bar per run (the paper's claim)."""
-    top = max((r.user_us_per_public for r in results), default=1.0) or 1.0
-    lines = ["relay user-space CPU per public datagram (us), by mode / encryption / payload / N:"]
+    """Relay CPU per public datagram against N, one bar per run (the paper's claim)."""
+    top = max((r.us_per_public for r in results), default=1.0) or 1.0
+    lines = ["relay CPU per public datagram (us), by mode / encryption / payload / N:"]
     for r in sorted(results, key=lambda r: (r.mode, r.encryption, r.size, r.members)):
-        bar = "#" * max(1, round(width * r.user_us_per_public / top))
+        bar = "#" * max(1, round(width * r.us_per_public / top))
         label = f"{r.mode:9} {r.encryption:9} {r.size:5}B N={r.members:<3}"
-        lines.append(f"{label} {bar} {r.user_us_per_public:.0f}")
+        lines.append(f"{label} {bar} {r.us_per_public:.0f}")
     return "\n".join(lines)
 
 
