@@ -21,6 +21,7 @@ import os
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.request
@@ -443,6 +444,40 @@ def test_replayed_and_forged_datagrams_are_dropped(topology):
 
 
 # -- policy and endings -----------------------------------------------------------------------
+
+
+IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)  # linux/in.h
+
+
+def _ttl_of_next(endpoint: Endpoint) -> tuple[bytes, int]:
+    sock = endpoint.listener
+    sock.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+    sock.settimeout(5)
+    data, ancillary, _, _ = sock.recvmsg(65535, socket.CMSG_SPACE(4))
+    ttl = next(
+        int.from_bytes(value[:4], sys.byteorder)
+        for level, kind, value in ancillary
+        if level == socket.IPPROTO_IP and kind == socket.IP_TTL
+    )
+    return data, ttl
+
+
+def test_ttl_is_capped_by_the_policy(topology):
+    topo = topology(
+        PLAIN
+        + f'\n[[mcast.policy]]\nfrom = ["{HOSTS["in2"]}/32"]\npermission = "both"\nttl = 1'
+    )
+    group = unique_group()
+    public = topo.public(group)
+    free = topo.join("in1", group)
+    capped = topo.join("in2", group)
+    free.send(b"ttl 4")
+    assert _ttl_of_next(public) == (b"ttl 4", 4)  # mcast.ttl_public
+    capped.send(b"ttl 1")
+    assert _ttl_of_next(public) == (b"ttl 1", 1)  # the policy's ceiling
+    free.send(b"ttl 4 again")
+    assert _ttl_of_next(public) == (b"ttl 4 again", 4)
+
 
 
 def test_member_limit_b3_and_time_limit_b4(topology):

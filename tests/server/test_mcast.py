@@ -629,6 +629,25 @@ def test_relay_bandwidth_limit_terminates_the_relay_with_b7(mcast_server, group,
     wait_until(lambda: relays(server) == {})
 
 
+def test_relay_rate_drops_the_excess(mcast_server, group, public):
+    server = mcast_server('[[mcast.policy]]\npermission = "both"\nrelay_rate = 4.0')
+    with members(server, group, 1) as (member,):
+        wait_until(registered(server, 1))
+        for i in range(20):
+            public.send(b"%d" % i)
+        got = [member.recv(timeout=3)[0] for _ in range(4)]
+        assert got == [b"0", b"1", b"2", b"3"]
+        with pytest.raises(TimeoutError):
+            member.recv(timeout=0.2)
+        assert relays(server)[f"{group[0]}:{group[1]}"]["drops"]["rate"] >= 15
+
+
+def test_policy_idle_timeout_overrides_member_timeout(mcast_server, group):
+    server = mcast_server('[[mcast.policy]]\npermission = "both"\nidle_timeout = 0.3')
+    with join_group(*group, proxy=server.address) as member:
+        assert member.wait(5).notice == Notice.MCAST_EXPIRED
+
+
 def test_deny_sources_are_not_relayed(mcast_server, group, public):
     server = mcast_server('deny_sources = ["127.0.0.1/32"]')
     with join_group(*group, proxy=server.address) as member:
