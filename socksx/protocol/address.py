@@ -10,6 +10,7 @@ ATYP 01: 4 octets IPv4; 03: one length octet then that many octets of name; 04: 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from socksx.protocol.errors import LocalProtocolError, MalformedMessage, Unsuppo
 __all__ = ["Address", "maybe_read_address", "name_problem", "read_address_from"]
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_canonical_ipv4(host: str) -> bool:
     """Dotted quad of decimal octets without leading zeros (what str(IPv4Address) gives)."""
     parts = host.split(".")

@@ -16,6 +16,7 @@ docs/PROTOCOL.md "Reply codes for CONNECT"):
 from __future__ import annotations
 
 import errno
+import os
 from typing import TYPE_CHECKING
 
 from gevent import socket as gsocket
@@ -63,6 +64,26 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+_IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY})
+
+
+def _connect(sock: gsocket.socket, sockaddr: tuple, timeout: float) -> None:
+    """Non-blocking connect, one wait for writability, SO_ERROR: what gevent's connect does,
+    minus its second connect_ex and getsockopt (it is on every CONNECT's path).
+
+    Raises:
+        OSError: the connection failed; TimeoutError after *timeout* seconds.
+    """
+    sock.setblocking(False)
+    err = sock.connect_ex(sockaddr)
+    if err in _IN_PROGRESS:
+        gsocket.wait_write(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError("timed out"))
+        err = sock.getsockopt(gsocket.SOL_SOCKET, gsocket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+    sock.settimeout(None)  # cooperative blocking from here on (sendall of pipelined data)
+
+
 def open_upstream(
     targets: list[tuple[int, tuple]],
     timeout: float,
@@ -80,8 +101,7 @@ def open_upstream(
             sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
             if source:
                 sock.bind((source, 0))
-            sock.settimeout(timeout)
-            sock.connect(sockaddr)
+            _connect(sock, sockaddr, timeout)
         except OSError as exc:
             sock.close()
             last = exc
