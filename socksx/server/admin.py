@@ -85,6 +85,10 @@ def serve_worker_admin_at(path: str) -> None:
 # --------------------------------------------------------------------------- sources
 
 
+class ActionUnsupported(Exception):
+    """An admin action the target object cannot perform (answered 501)."""
+
+
 class StatsSource(Protocol):
     """What the API shows and acts on: one process's server, or the sum of workers."""
 
@@ -104,7 +108,7 @@ class StatsSource(Protocol):
         """End one multicast relay; None when there is no such relay.
 
         Raises:
-            NotImplementedError: the relay object has no way to be ended.
+            ActionUnsupported: the relay object has no way to be ended.
         """
         ...
 
@@ -158,7 +162,7 @@ class LocalSource:
         end = getattr(relay, "terminate", None) or getattr(relay, "close", None)
         if not callable(end):
             msg = "this relay cannot be terminated"
-            raise NotImplementedError(msg)
+            raise ActionUnsupported(msg)
         end()
         return {"id": relay_id}
 
@@ -258,7 +262,7 @@ class WorkersSource:
             if exc.status == 404:
                 return None
             if exc.status == 501:
-                raise NotImplementedError(str(exc)) from None
+                raise ActionUnsupported(str(exc)) from None
             raise
         except AdminError:
             return None
@@ -394,7 +398,7 @@ class AdminApp:
                 done = self.source.close_session(ident)
             else:
                 done = self.source.terminate_relay(ident)
-        except NotImplementedError as exc:
+        except ActionUnsupported as exc:
             return _error("501 Not Implemented", str(exc))
         what = "session" if kind == "sessions" else "relay"
         if done is None:

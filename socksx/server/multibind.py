@@ -27,6 +27,7 @@ time a lookup takes says nothing about the token's octets.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import hashlib
@@ -82,8 +83,9 @@ DRAIN_LIMIT = 64  #: REL datagrams handled inline when a peer datagram finds no 
 SHUTDOWN_NOTICE_TIME = 1.0  #: seconds to tell the client about a shutdown before closing
 _ANY_PEER = frozenset({Address("0.0.0.0", 0), Address("::", 0)})
 #: accept() failures that say "out of resources for now", not "this listener is broken".
-_TRANSIENT_ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
-                                      errno.ECONNABORTED, errno.EPROTO})
+_TRANSIENT_ACCEPT_ERRORS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED, errno.EPROTO}
+)
 
 
 def _norm(ip: str) -> str:
@@ -155,7 +157,7 @@ def tokens_of(server: Server) -> TokenTable:
 # -- channels ----------------------------------------------------------------------------------
 
 
-class Channel:
+class Channel(abc.ABC):
     """What TCP and UDP channels share: identity, openness, the idle clock."""
 
     type: ChannelType
@@ -168,21 +170,21 @@ class Channel:
         self.last = time.monotonic()
         self.dropped: Counter[str] = Counter()
 
+    @abc.abstractmethod
     def start(self, group: Group) -> None:
         """Spawn the channel's loops into *group*."""
-        raise NotImplementedError
 
     def busy(self) -> bool:
         """True while something the idle clock must not cut is going on."""
         return False
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Close every socket of the channel (idempotent)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def entry(self) -> BoundChannel:
         """The reply entry."""
-        raise NotImplementedError
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-able counters for the stats API."""
@@ -241,8 +243,9 @@ class TcpChannel(Channel):
                 if exc.errno in _TRANSIENT_ACCEPT_ERRORS:
                     gevent.sleep(0.1)  # out of descriptors/memory: let others finish first
                     continue
-                logger.warning("multi-bind %s channel %d: accept failed: %s",
-                               owner.id, self.chan_id, exc)
+                logger.warning(
+                    "multi-bind %s channel %d: accept failed: %s", owner.id, self.chan_id, exc
+                )
                 owner.close_channel(self, ChannelCloseReason.ERROR)
                 return
             key = (_norm(addr[0]), addr[1])
@@ -577,8 +580,10 @@ class MultiBind:
         config = self.config
         if wanted > config.max_channels_per_request:
             rule = "multibind-max-channels-per-request"
-            raise PolicyDenied(rule, f"{wanted} channels asked, at most "
-                                     f"{config.max_channels_per_request} per request")
+            raise PolicyDenied(
+                rule,
+                f"{wanted} channels asked, at most {config.max_channels_per_request} per request",
+            )
         mine = [mb for mb in self.server.multibinds.values() if isinstance(mb, MultiBind)]
         if self.user is not None and config.max_channels_per_user:
             used = sum(mb.open_channels for mb in mine if mb.user == self.user)
@@ -748,9 +753,7 @@ class MultiBind:
             verdict = "filtered"
         else:
             ip, port = key
-            decision = self.server.rules.decide(
-                self.client_ip, self.user, "multibind", ip, port
-            )
+            decision = self.server.rules.decide(self.client_ip, self.user, "multibind", ip, port)
             verdict = "" if decision.allowed else "policy"
             if not decision.allowed:
                 self.server.stats.rule_denials += 1

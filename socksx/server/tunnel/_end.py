@@ -14,6 +14,7 @@ authenticated came from it for ``tunnel.dead_after`` seconds. Clocks are monoton
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections import Counter
 from collections.abc import Callable
@@ -57,7 +58,7 @@ class Link(Protocol):
         """Release the link's own resources."""
 
 
-class TunnelEnd:
+class TunnelEnd(abc.ABC):
     """State common to gateway A's end ("near") and gateway B's end ("far")."""
 
     role: ClassVar[str] = "?"
@@ -164,9 +165,9 @@ class TunnelEnd:
 
     # -- datagrams --------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def deliver(self, address: Address, data: bytes) -> None:
         """A datagram from the other gateway (subclasses route it)."""
-        raise NotImplementedError
 
     def drop(self, reason: str) -> None:
         """Count a dropped datagram."""
