@@ -130,9 +130,13 @@ def server(
     def reapply(cfg: Config) -> Config:
         return with_overrides(cfg, **overrides)
 
+    def relog(log: Any) -> None:
+        setup_logging(log_format or log.format, log.target, log.level, log.syslog_address)
+
     count = worker_count(config)
     if count == 1:
         srv = Server(config)
+        srv.log_hook = relog
         srv.start()
         drop_privileges(config.user, config.group)
         if overrides:
@@ -142,6 +146,7 @@ def server(
 
     def run_worker(sockets: list) -> None:
         srv = Server(config)
+        srv.log_hook = relog
         if overrides:
             srv.set_overrides(reapply)
         srv.start(sockets)

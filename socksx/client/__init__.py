@@ -15,10 +15,9 @@ import ipaddress
 import socket
 import time
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Final
 
-from socksx.client._driver import Credentials, Session, open_session, open_socket
+from socksx.client._driver import Closing, Credentials, Session, open_session, open_socket
 from socksx.client.mcast import Membership, MembershipEnded, join_group
 from socksx.client.proxyurl import DEFAULT_PORT, ProxyURL, parse_proxy_url, proxy_from_env
 from socksx.errors import LocalProtocolError, ReplyError
@@ -112,7 +111,7 @@ def connect(
     return _hand_over(session)
 
 
-class BindHandle:
+class BindHandle(Closing):
     """A BIND in progress: ``bound`` is where the peer must connect; ``accept()`` waits for it."""
 
     def __init__(self, session: Session, bound: HostPort) -> None:
@@ -145,14 +144,6 @@ class BindHandle:
             self._done = True
             self._session.close()
 
-    def __enter__(self) -> BindHandle:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def bind(
@@ -191,7 +182,7 @@ def bind(
         return BindHandle(session, _public(bound, session.sock))
 
 
-class UdpAssociation:
+class UdpAssociation(Closing):
     """A UDP ASSOCIATE: datagrams go through ``relay``; lives as long as the control connection."""
 
     def __init__(
@@ -263,14 +254,6 @@ class UdpAssociation:
         self._udp.close()
         self._session.close()
 
-    def __enter__(self) -> UdpAssociation:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def udp_associate(

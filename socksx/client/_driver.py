@@ -18,7 +18,8 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
-from typing import Final
+from types import TracebackType
+from typing import Final, Self
 
 from socksx.client.proxyurl import ProxyURL
 from socksx.errors import (
@@ -41,6 +42,24 @@ __all__ = ["Credentials", "Session", "open_session", "open_socket"]
 
 Credentials = tuple[bytes, bytes]
 _FINGERPRINT_PREFIX: Final = "sha256:"
+
+
+class Closing:
+    """The context-manager protocol for client objects that own sockets: ``with`` closes."""
+
+    def close(self) -> None:
+        """Release everything the object owns (idempotent); subclasses extend it."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class Session:

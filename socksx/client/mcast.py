@@ -28,10 +28,9 @@ import struct
 import threading
 import time
 from collections import deque
-from types import TracebackType
 from typing import Final
 
-from socksx.client._driver import open_session
+from socksx.client._driver import Closing, open_session
 from socksx.client.proxyurl import ProxyURL
 from socksx.errors import ProxyConnectionError, ProxyTimeoutError, ReplyError, SocksError
 from socksx.protocol.address import Address
@@ -107,7 +106,7 @@ def _ipv6_index(ip: str) -> int:
     return 0
 
 
-class Membership:
+class Membership(Closing):
     """A joined group: ``recv``, ``send``, ``leave``, ``close``; ends on B4/B5/B7."""
 
     def __init__(
@@ -480,16 +479,6 @@ class Membership:
         self._wake_r.close()
         self._wake_w.close()
 
-    def __enter__(self) -> Membership:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (

@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Final
 
 from socksx.client import (
@@ -36,7 +35,7 @@ from socksx.client import (
     _credentials,
     _proxy_url,
 )
-from socksx.client._driver import Credentials, Session, open_session
+from socksx.client._driver import Closing, Credentials, Session, open_session
 from socksx.client.proxyurl import ProxyURL
 from socksx.errors import LocalProtocolError, ProxyConnectionError, ReplyError
 from socksx.protocol.address import Address
@@ -203,7 +202,7 @@ class ChannelSocket:
         self._sock.close()
 
 
-class MultiBind:
+class MultiBind(Closing):
     """Granted channels and the control connection that owns them on the proxy."""
 
     def __init__(
@@ -373,16 +372,6 @@ class MultiBind:
         _shutdown(self._session.sock)
         self._session.close()
 
-    def __enter__(self) -> MultiBind:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def multi_bind(

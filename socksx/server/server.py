@@ -29,7 +29,7 @@ from socksx import __version__
 from socksx.config import Config
 from socksx.config import load as load_config
 from socksx.errors import ConfigError, ConfigProblem, SocksError
-from socksx.log import logger, setup_logging
+from socksx.log import logger
 from socksx.protocol.constants import Command
 from socksx.server import bind, connect, tunnel, udp
 from socksx.server.admin import start_admin
@@ -251,14 +251,16 @@ class Server:
             logger.warning("listen addresses changed: restart to apply them")
         if (new.admin.enabled, new.admin.listen) != (old.admin.enabled, old.admin.listen):
             logger.warning("admin listener changed: restart to apply it")
-        if new.log != old.log:
-            log = new.log
-            setup_logging(log.format, log.target, log.level, log.syslog_address)
+        if new.log != old.log and self.log_hook is not None:
+            self.log_hook(new.log)
         tunnel.config_changed(self)  # ends tunnels the new config no longer allows
         logger.info("config reloaded", extra={"fields": {"source": new.source}})
         return True
 
     _overrides: Callable[[Config], Config] | None = None
+    #: Called with the new [log] settings when a reload changes them. The command line sets
+    #: it (logging is the process's, not the server object's); an embedded server has none.
+    log_hook: Callable[[Any], None] | None = None
 
     def set_overrides(self, overrides: Callable[[Config], Config]) -> None:
         """Command-line overrides re-applied to every reloaded config."""
