@@ -197,10 +197,21 @@ class Authenticator:
             gevent.Timeout / GreenletExit: whatever kills the calling greenlet while it waits;
                 the verification itself still completes and is accounted for.
         """
+        digest = self._cache_digest(username, password)
+        stored = self._stored(username)
+        # Fast path, a returning user: a cached success needs no token, thread or flight, but
+        # only for a client that is not locked out (a cache hit must not confirm a guess).
+        if (
+            stored is not None
+            and self._limiter.would_allow(client_ip, self._clock())
+            and self._cache_hit(digest, stored)
+        ):
+            self._counters["cache_hits"] += 1
+            return AuthResult.OK
         # Single flight: the same credentials from the same address while a check of them is
         # under way share its outcome (a browser's burst of logins costs one token and one
         # argon2id run, and a burst of correct logins is not mistaken for guessing).
-        flight_key = (client_ip, self._cache_digest(username, password))
+        flight_key = (client_ip, digest)
         flight = self._flights.get(flight_key)
         if flight is not None:
             outcome: AuthResult = flight.get()
@@ -209,20 +220,29 @@ class Authenticator:
         self._flights[flight_key] = flight
         result = AuthResult.OVERLOADED  # what waiters see if this greenlet is killed
         try:
-            result = self._verify_limited(client_ip, username, password)
+            result = self._verify_limited(client_ip, password, digest, stored)
         finally:
             del self._flights[flight_key]
             flight.set(result)
         return result
 
-    def _verify_limited(self, client_ip: str, username: bytes, password: bytes) -> AuthResult:
+    def _stored(self, username: bytes) -> bytes | None:
+        try:
+            name = username.decode("utf-8")
+        except UnicodeDecodeError:
+            return None  # cannot be in the file (it is UTF-8): an unknown user
+        return self._users.get(name)
+
+    def _verify_limited(
+        self, client_ip: str, password: bytes, digest: bytes, stored: bytes | None
+    ) -> AuthResult:
         now = self._clock()
         if not self._limiter.try_begin(client_ip, now):
             self._counters["rate_limited"] += 1
             return AuthResult.RATE_LIMITED
         result: AuthResult | None = None
         try:
-            result = self._verify_admitted(username, password)
+            result = self._verify_admitted(password, digest, stored)
         finally:
             if result in (AuthResult.BAD_CREDENTIALS, AuthResult.UNKNOWN_USER):
                 self._counters["failures"] += 1
@@ -232,14 +252,8 @@ class Authenticator:
                 self._limiter.refund(client_ip, self._clock())
         return result
 
-    def _verify_admitted(self, username: bytes, password: bytes) -> AuthResult:
-        try:
-            name: str | None = username.decode("utf-8")
-        except UnicodeDecodeError:
-            name = None  # cannot be in the file (it is UTF-8): an unknown user
-        stored = self._users.get(name) if name is not None else None
-        cache_key = self._cache_digest(username, password)
-        if stored is not None and self._cache_hit(cache_key, stored):
+    def _verify_admitted(self, password: bytes, digest: bytes, stored: bytes | None) -> AuthResult:
+        if stored is not None and self._cache_hit(digest, stored):
             self._counters["cache_hits"] += 1
             return AuthResult.OK
         target = stored if stored is not None else self._dummy
@@ -254,7 +268,7 @@ class Authenticator:
             return AuthResult.UNKNOWN_USER
         if not matched:
             return AuthResult.BAD_CREDENTIALS
-        self._remember(cache_key, stored)
+        self._remember(digest, stored)
         return AuthResult.OK
 
     def _run_in_pool(self, stored: bytes, password: bytes) -> bool:

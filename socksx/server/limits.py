@@ -118,6 +118,13 @@ class FailureLimiter:
         self._buckets[key] = bucket
         return bucket.take(now)
 
+    def would_allow(self, key: str, now: float) -> bool:
+        """Whether ``try_begin`` would succeed now, without spending anything."""
+        if not self.per_minute:
+            return True
+        bucket = self._buckets.get(key)
+        return bucket is None or bucket.level(now) >= 1.0
+
     def refund(self, key: str, now: float) -> None:
         """Give back the token of an attempt that did not fail (success, overload)."""
         bucket = self._buckets.get(key)

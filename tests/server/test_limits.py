@@ -190,3 +190,17 @@ def test_reconfigure_keeps_open_sessions() -> None:
 def test_session_limits_reject_negative() -> None:
     with pytest.raises(ValueError, match="session limits"):
         SessionLimiter(max_total=-1, max_per_client=0)
+
+
+def test_would_allow_peeks_without_spending() -> None:
+    limiter = FailureLimiter(2)
+    assert limiter.would_allow("a", 0.0)
+    assert limiter.try_begin("a", 0.0)
+    assert limiter.would_allow("a", 0.0)
+    assert limiter.would_allow("a", 0.0)  # peeking twice spent nothing
+    assert limiter.try_begin("a", 0.0)
+    assert not limiter.would_allow("a", 0.0)
+    assert not limiter.try_begin("a", 0.0)
+    assert limiter.would_allow("a", 30.0)  # a token came back (2 per 60 s)
+    assert limiter.would_allow("other", 0.0)
+    assert FailureLimiter(0).would_allow("a", 0.0)  # disabled
