@@ -28,7 +28,7 @@ __all__ = ["SPLICE_AVAILABLE", "Counters", "relay"]
 
 CHUNK = 65536  #: user-space copy buffer, one per direction
 PIPE_SIZE = 1048576  #: splice pipe capacity (F_SETPIPE_SZ) and the most moved per splice
-ROUNDS_PER_EVENT = 4  #: splices a flow may do per readiness event before yielding
+ROUNDS_PER_EVENT = 8  #: splices a flow may do per readiness event before yielding
 SPLICE_AVAILABLE = hasattr(os, "splice") and hasattr(os, "pipe2")
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if SPLICE_AVAILABLE else 0
