@@ -25,7 +25,6 @@ from socksx.protocol.address import Address
 from socksx.protocol.connection import NEED_DATA, ConnectionClosed, ServerConnection, State
 from socksx.protocol.constants import (
     SOCKS4_VERSION,
-    Command,
     Method,
     ReplyCode,
     Socks4Code,
@@ -41,6 +40,7 @@ from socksx.protocol.messages import (
 )
 from socksx.protocol.socks4 import Socks4Reply, Socks4Request
 from socksx.server.relay import relay
+from socksx.server.rules import COMMAND_NAMES
 
 if TYPE_CHECKING:
     from socksx.server.server import Listener, Server
@@ -49,17 +49,6 @@ __all__ = ["COMMAND_NAMES", "HANDLERS", "Session"]
 
 RECV_SIZE = 4096
 
-#: Command byte -> the name used in rules, logs and stats.
-COMMAND_NAMES: dict[int, str] = {
-    Command.CONNECT: "connect",
-    Command.BIND: "bind",
-    Command.UDP_ASSOCIATE: "udp",
-    Command.JOIN_MCAST_GROUP: "join",
-    Command.LEAVE_MCAST_GROUP: "leave",
-    Command.SETUP_UDP_TUNNEL: "tunnel",
-    Command.MULTI_BIND: "multibind",
-    Command.ACCEPT: "accept",
-}
 
 #: Command byte -> handler(session, request). Extension packages add entries.
 HANDLERS: dict[int, Callable[[Session, Any], None]] = {}
