@@ -13,6 +13,7 @@ import queue
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,20 @@ def udp_echo() -> Iterator[UdpEcho]:
     server = UdpEcho()
     yield server
     server.close()
+
+
+def wait_until(
+    check: Callable[[], bool], what: str = "condition", *, timeout: float = 10.0
+) -> bool:
+    """Poll *check* until true (bounded): for state with no event to await, such as a server's
+    internals in another thread or a kernel table in /proc. Raises AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() >= deadline:
+            msg = f"{what} not reached within {timeout} s"
+            raise AssertionError(msg)
+        time.sleep(0.01)
+    return True
 
 
 def sha256(data: bytes) -> str:

@@ -38,6 +38,7 @@ from socksx.errors import ReplyError
 from socksx.protocol.constants import Notice, ReplyCode
 from socksx.protocol.mcast import open_relay_datagram, seal_member
 from socksx.protocol.sealed import UnsealError
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -227,9 +228,12 @@ def topology(make_netns, start_server) -> Iterator[Callable[..., Topology]]:
         for ns, ifname in ((pub, "pubif"), (gw, "gwp")):
             # IPv6 multicast needs the kernel's ff00::/8 route, which addrconf adds a moment
             # after the link comes up (there is no event to wait for).
-            wait_until(lambda ns=ns, ifname=ifname: f"ff00::/8 dev {ifname} " in ns.run(
-                "ip", "-6", "route", "show", "table", "local"
-            ).stdout)
+            wait_until(
+                lambda ns=ns, ifname=ifname: (
+                    f"ff00::/8 dev {ifname} "
+                    in ns.run("ip", "-6", "route", "show", "table", "local").stdout
+                )
+            )
         config = (
             f'listen = ["{PROXY}"]\n{extra}\n[log]\nlevel = "info"\n'
             f'[mcast]\npublic_interface = "{GW_PUB}"\nintranet_interface = "{GW_LAN}"\n'
@@ -251,15 +255,6 @@ def topology(make_netns, start_server) -> Iterator[Callable[..., Topology]]:
 
 PLAIN = "require_tls_for_join = false"
 MULTICAST = 'mode = "multicast"\nintranet_pool = ["239.192.76.0/28"]\n' + PLAIN
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def igmp_hex(group: str) -> str:
@@ -464,8 +459,7 @@ def _ttl_of_next(endpoint: Endpoint) -> tuple[bytes, int]:
 
 def test_ttl_is_capped_by_the_policy(topology):
     topo = topology(
-        PLAIN
-        + f'\n[[mcast.policy]]\nfrom = ["{HOSTS["in2"]}/32"]\npermission = "both"\nttl = 1'
+        PLAIN + f'\n[[mcast.policy]]\nfrom = ["{HOSTS["in2"]}/32"]\npermission = "both"\nttl = 1'
     )
     group = unique_group()
     public = topo.public(group)
@@ -477,7 +471,6 @@ def test_ttl_is_capped_by_the_policy(topology):
     assert _ttl_of_next(public) == (b"ttl 1", 1)  # the policy's ceiling
     free.send(b"ttl 4 again")
     assert _ttl_of_next(public) == (b"ttl 4 again", 4)
-
 
 
 def test_member_limit_b3_and_time_limit_b4(topology):
@@ -493,7 +486,7 @@ def test_member_limit_b3_and_time_limit_b4(topology):
     assert ended is not None
     assert ended.notice == Notice.MCAST_EXPIRED
     wait_until(lambda: igmp_hex(group[0]) not in topo.proc("/proc/net/igmp"))
-    assert any("why=\"time in group limit\"" in line for line in topo.log("mcast membership"))
+    assert any('why="time in group limit"' in line for line in topo.log("mcast membership"))
 
 
 def test_spammer_is_expelled_b5(topology):

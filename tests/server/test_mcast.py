@@ -37,7 +37,7 @@ from socksx.protocol.mcast import (
 from socksx.protocol.messages import Reply
 from socksx.protocol.sealed import ReplayWindow, UnsealError
 from socksx.server.mcast.policy import McastPolicy, TokenBucket, choose_policy, parse_policies
-from tests.conftest import LOOPBACK_RULE, recv_all
+from tests.conftest import LOOPBACK_RULE, recv_all, wait_until
 
 LO = "127.0.0.1"
 
@@ -137,16 +137,6 @@ def members(server, group: tuple[str, int], count: int = 2):
 
 def relays(server) -> dict[str, dict]:
     return server.call(lambda: {k: r.snapshot() for k, r in server.server.mcast_relays.items()})
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll server state (there is no event to await for it) within a bound."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 def registered(server, count: int) -> Callable[[], bool]:
@@ -339,8 +329,17 @@ def test_accounting_records(mcast_server, group, caplog):
     assert ended["group"] == f"{group[0]}:{group[1]}"
     assert ended["permission"] == "both"
     assert ended["why"] == "left"
-    assert {"user", "client", "datagrams_in", "bytes_in", "datagrams_out", "bytes_out", "drops",
-            "joined", "left"} <= set(ended)
+    assert {
+        "user",
+        "client",
+        "datagrams_in",
+        "bytes_in",
+        "datagrams_out",
+        "bytes_out",
+        "drops",
+        "joined",
+        "left",
+    } <= set(ended)
     assert records["mcast relay started"]["mode"] == "unicast"
     assert records["mcast relay stopped"]["why"] == "last member gone"
 
@@ -449,9 +448,7 @@ def test_disabled_multicast_is_07_with_a_clear_client_error(mcast_server, group)
 
 
 def test_rules_refuse_with_02_before_the_policy(mcast_server, group):
-    rules = (
-        '[[rules]]\nid = "no-join"\naction = "deny"\ncommands = ["join"]\n' + LOOPBACK_RULE
-    )
+    rules = '[[rules]]\nid = "no-join"\naction = "deny"\ncommands = ["join"]\n' + LOOPBACK_RULE
     server = mcast_server('[[mcast.policy]]\npermission = "both"', rules=rules)
     with pytest.raises(ReplyError) as info:
         join_group(*group, proxy=server.address)
@@ -934,8 +931,14 @@ def test_policy_first_match_and_default():
     policies, problems = parse_policies(
         [
             {"id": "staff", "users": ["alice"], "permission": "both"},
-            {"id": "lan", "from": ["10.0.0.0/8"], "group": ["239.1.0.0/16"], "ports": ["5000-5010"],
-             "permission": "receive", "max_members": 5},
+            {
+                "id": "lan",
+                "from": ["10.0.0.0/8"],
+                "group": ["239.1.0.0/16"],
+                "ports": ["5000-5010"],
+                "permission": "receive",
+                "max_members": 5,
+            },
         ]
     )
     assert problems == []
@@ -1014,10 +1017,19 @@ ttl = 8
 """
     parsed = loads(text, "t.toml")
     assert parsed.mcast.policy[0] == McastPolicy(
-        id="p", permission="receive", groups=parsed.mcast.policy[0].groups,
-        ports=((5000, 5000), (6000, 6010)), users=frozenset({"bob"}),
-        sources=parsed.mcast.policy[0].sources, max_members=3, max_time=60.0, member_rate=10.0,
-        member_burst=20, over_limit_action="expel", relay_bandwidth_limit=1e6, ttl=8,
+        id="p",
+        permission="receive",
+        groups=parsed.mcast.policy[0].groups,
+        ports=((5000, 5000), (6000, 6010)),
+        users=frozenset({"bob"}),
+        sources=parsed.mcast.policy[0].sources,
+        max_members=3,
+        max_time=60.0,
+        member_rate=10.0,
+        member_burst=20,
+        over_limit_action="expel",
+        relay_bandwidth_limit=1e6,
+        ttl=8,
     )
     assert loads(to_toml(parsed), "again.toml") == dataclasses.replace(parsed, source="again.toml")
 

@@ -6,8 +6,6 @@ import json
 import os
 import socket
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 from click.testing import CliRunner
@@ -27,7 +25,7 @@ from socksx.protocol.multibind import (
     maybe_read_event,
     maybe_read_multibind_reply,
 )
-from tests.conftest import recv_all, recv_exactly, sha256
+from tests.conftest import recv_all, recv_exactly, sha256, wait_until
 from tests.server.socks_raw import negotiate, read_reply
 from tests.server.test_server_auth import userpass_toml, write_users
 
@@ -85,8 +83,9 @@ def accept_raw(server, token: bytes, *, source: str = "127.0.0.1", **auth):
 
 
 def connect_from(address: Address, source: str = "127.0.0.1") -> socket.socket:
-    return socket.create_connection((address.host, address.port), timeout=WAIT,
-                                    source_address=(source, 0))
+    return socket.create_connection(
+        (address.host, address.port), timeout=WAIT, source_address=(source, 0)
+    )
 
 
 def udp_from(source: str = "127.0.0.1") -> socket.socket:
@@ -102,14 +101,6 @@ def register(sock: socket.socket, relay: Address) -> None:
 
 def snapshots(server) -> list[dict]:
     return server.call(lambda: [mb.snapshot() for mb in server.server.multibinds.values()])
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll server state (through server.call, one round trip each) for at most WAIT s."""
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
 
 
 def gone(server) -> bool:
@@ -402,10 +393,14 @@ def test_only_the_expected_peer_gets_through(make_server):
             raise AssertionError(snapshots(server)) from None
         assert data == b"\0\0\0" + Address(*right.getsockname()).to_bytes() + b"you"
         # The client may only send to the expected peer too.
-        client.sendto(b"\0\0\0" + Address(*wrong.getsockname()).to_bytes() + b"no",
-                      (udp.relay.host, udp.relay.port))
-        client.sendto(b"\0\0\0" + Address(*right.getsockname()).to_bytes() + b"yes",
-                      (udp.relay.host, udp.relay.port))
+        client.sendto(
+            b"\0\0\0" + Address(*wrong.getsockname()).to_bytes() + b"no",
+            (udp.relay.host, udp.relay.port),
+        )
+        client.sendto(
+            b"\0\0\0" + Address(*right.getsockname()).to_bytes() + b"yes",
+            (udp.relay.host, udp.relay.port),
+        )
         assert right.recvfrom(100)[0] == b"yes"
     (snap,) = snapshots(server)
     assert snap["channels"][0]["dropped"] == {"filtered": 1}
@@ -504,8 +499,9 @@ def test_channel_limits_refuse_with_02(make_server, config, first, second):
     two = Control(server.address, MultiBindRequest(ANY, (TCP,) * second).to_bytes())
     assert read_reply(two.sock)[0] == 0x02
     # Another client address has its own budget.
-    three = Control(server.address, MultiBindRequest(ANY, (TCP,) * second).to_bytes(),
-                    source="127.0.0.2")
+    three = Control(
+        server.address, MultiBindRequest(ANY, (TCP,) * second).to_bytes(), source="127.0.0.2"
+    )
     assert isinstance(three.reply(), MultiBindReply)
     for control in (one, two, three):
         control.close()
@@ -518,11 +514,13 @@ def test_per_user_limit_spans_addresses(make_server, tmp_path):
     alice = {"user": b"alice", "password": b"pw-a"}
     one = Control(server.address, MultiBindRequest(ANY, (TCP, TCP)).to_bytes(), **alice)
     assert isinstance(one.reply(), MultiBindReply)
-    two = Control(server.address, MultiBindRequest(ANY, (TCP,)).to_bytes(), source="127.0.0.2",
-                  **alice)
+    two = Control(
+        server.address, MultiBindRequest(ANY, (TCP,)).to_bytes(), source="127.0.0.2", **alice
+    )
     assert read_reply(two.sock)[0] == 0x02
-    bob = Control(server.address, MultiBindRequest(ANY, (TCP, TCP)).to_bytes(), user=b"bob",
-                  password=b"pw-b")
+    bob = Control(
+        server.address, MultiBindRequest(ANY, (TCP, TCP)).to_bytes(), user=b"bob", password=b"pw-b"
+    )
     assert isinstance(bob.reply(), MultiBindReply)
     one.close()
     wait_until(lambda: len(snapshots(server)) == 1, "alice's channels still counted")
@@ -573,8 +571,10 @@ def test_idle_channels_close_with_c1_01_then_the_connection(make_server):
     server = make_server("[multibind]\nidle_timeout = 0.3\n")
     control, _ = open_channels(server, [TCP, UDP])
     events = {control.event(), control.event()}
-    assert events == {ChannelClosed(0, ChannelCloseReason.IDLE),
-                      ChannelClosed(1, ChannelCloseReason.IDLE)}
+    assert events == {
+        ChannelClosed(0, ChannelCloseReason.IDLE),
+        ChannelClosed(1, ChannelCloseReason.IDLE),
+    }
     control.assert_closed()
     control.close()
 
@@ -620,8 +620,9 @@ def test_reload_with_rules_that_refuse_closes_channels_with_c1_02(make_server, t
     server = make_server()
     control, _ = open_channels(server, [TCP])
     config = tmp_path / "deny.toml"
-    config.write_text('listen = ["127.0.0.1:0"]\n[[rules]]\naction = "deny"\n'
-                      'commands = ["multibind"]\n')
+    config.write_text(
+        'listen = ["127.0.0.1:0"]\n[[rules]]\naction = "deny"\ncommands = ["multibind"]\n'
+    )
     assert server.call(lambda: server.server.reload(str(config)))
     assert control.event() == ChannelClosed(0, ChannelCloseReason.POLICY)
     control.assert_closed()
@@ -658,8 +659,12 @@ def test_socksx_check_reports_multibind_and_accept_as_supported(make_server):
 
     server = make_server()
     host, port = server.address
-    result = CliRunner().invoke(check, ["--via", f"{host}:{port}", "--json", "--timeout", "3"],
-                                obj=App(), catch_exceptions=False)
+    result = CliRunner().invoke(
+        check,
+        ["--via", f"{host}:{port}", "--json", "--timeout", "3"],
+        obj=App(),
+        catch_exceptions=False,
+    )
     report = json.loads(result.stdout)
     assert report["extensions"]["multi_bind"] is True
     assert report["extensions"]["accept"] is True
@@ -679,8 +684,9 @@ def test_over_a_tls_listener_events_and_accept_both_travel_in_tls(make_server, t
     ca.cert_pem.write_to_path(str(ca_file))
     server = make_server(f'[tls]\nlisten = ["127.0.0.1:0"]\ncert = "{chain}"\nkey = "{key}"\n')
     port = server.addresses[1][1]
-    with multi_bind(proxy=f"socks5s://127.0.0.1:{port}", ca_file=str(ca_file), tcp=2, udp=1,
-                    timeout=WAIT) as mb:
+    with multi_bind(
+        proxy=f"socks5s://127.0.0.1:{port}", ca_file=str(ca_file), tcp=2, udp=1, timeout=WAIT
+    ) as mb:
         peers = [connect_from(Address(*c.bound)) for c in mb.channels[:2]]
         for _ in peers:
             event = mb.next_event(timeout=WAIT)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import recv_exactly
+from tests.conftest import recv_exactly, wait_until
 from tests.server.socks_raw import negotiate, socks5_connect
 
 CLOSE_WITHIN = 5.0
@@ -40,15 +40,6 @@ def closed_within(sock: socket.socket, within: float = CLOSE_WITHIN) -> bytes:
         out += chunk
     msg = f"still open after {within} s"
     raise AssertionError(msg)
-
-
-def wait_until(predicate, within: float = CLOSE_WITHIN) -> bool:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def results(server) -> dict[str, int]:
