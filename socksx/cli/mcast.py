@@ -156,7 +156,7 @@ def _printable(text: str) -> str:
 
 def _writer(fmt: str) -> Callable[[bytes, tuple[str, int]], None]:
     if fmt == "raw":
-        stdout = click.get_binary_stream("stdout")
+        stdout = sys.stdout.buffer
 
         def write_raw(data: bytes, source: tuple[str, int]) -> None:
             stdout.write(data)
