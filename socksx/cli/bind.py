@@ -209,12 +209,20 @@ class Relay:
         self._untrack(local)
         self._untrack(remote)
         state.add(active=-1)
-        self.emit("connection_closed", channel=chan, peer=peer,
-                  bytes_in=counts["in"], bytes_out=counts["out"])
+        self.emit(
+            "connection_closed",
+            channel=chan,
+            peer=peer,
+            bytes_in=counts["in"],
+            bytes_out=counts["out"],
+        )
 
     @staticmethod
     def _pump(
-        src: socket.socket, dst: socket.socket, state: ChannelState, way: str,
+        src: socket.socket,
+        dst: socket.socket,
+        state: ChannelState,
+        way: str,
         counts: dict[str, int],
     ) -> None:
         """Copy until EOF, then half-close *dst* (the other direction keeps flowing)."""
@@ -270,17 +278,29 @@ class Relay:
             local = socket.socket(family, socket.SOCK_DGRAM)
             local.connect(address)
         except OSError as exc:
-            self.emit("forward_failed", channel=state.info.id, peer=hostport_text(*peer),
-                      forward=hostport_text(*state.forward), error=_reason(exc))
+            self.emit(
+                "forward_failed",
+                channel=state.info.id,
+                peer=hostport_text(*peer),
+                forward=hostport_text(*state.forward),
+                error=_reason(exc),
+            )
             return None
         self._track(local)
-        self.emit("udp_peer", channel=state.info.id, peer=hostport_text(*peer),
-                  forward=hostport_text(*state.forward))
+        self.emit(
+            "udp_peer",
+            channel=state.info.id,
+            peer=hostport_text(*peer),
+            forward=hostport_text(*state.forward),
+        )
         self._spawn(self._udp_back, state, channel, local, peer)
         return local
 
     def _udp_back(
-        self, state: ChannelState, channel: ChannelSocket, local: socket.socket,
+        self,
+        state: ChannelState,
+        channel: ChannelSocket,
+        local: socket.socket,
         peer: tuple[str, int],
     ) -> None:
         local.settimeout(POLL)
@@ -328,14 +348,22 @@ def live_table(states: list[ChannelState], title: str) -> Table:
     widest = {key: max(len(row[key] or "-") for row in rows) for key in ("bound", "forward")}
     # Most important first: a terminal too narrow for the table crops it on the right.
     for name in ("#", "type", "bound", "forward", "state", "traffic", "in / out"):
-        table.add_column(name, overflow="fold", justify="right" if name == "#" else "left",
-                         min_width=widest.get(name))
+        table.add_column(
+            name,
+            overflow="fold",
+            justify="right" if name == "#" else "left",
+            min_width=widest.get(name),
+        )
     for state, row in zip(states, rows, strict=True):
         kind = row["type"] + ("/rtp" if row["rtp_pair"] else "")
         table.add_row(
-            str(row["id"]), kind, Text(row["bound"]), Text(row["forward"] or "-"),
+            str(row["id"]),
+            kind,
+            Text(row["bound"]),
+            Text(row["forward"] or "-"),
             Text(state.closed or "open", style="red" if state.closed else "green"),
-            _traffic(state), f"{_size(state.bytes_in)} / {_size(state.bytes_out)}",
+            _traffic(state),
+            f"{_size(state.bytes_in)} / {_size(state.bytes_out)}",
         )
     return table
 
@@ -357,11 +385,13 @@ def plain_table(states: list[ChannelState]) -> str:
     for state in states:
         row = state.row()
         kind = row["type"] + ("/rtp" if row["rtp_pair"] else "")
-        rows.append((str(row["id"]), kind, row["bound"], row["relay"] or "-",
-                     row["forward"] or "-"))
+        rows.append(
+            (str(row["id"]), kind, row["bound"], row["relay"] or "-", row["forward"] or "-")
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 def _event_text(kind: str, fields: dict[str, Any]) -> str:
@@ -374,22 +404,52 @@ def _event_text(kind: str, fields: dict[str, Any]) -> str:
 
 @click.command(short_help="Open reverse TCP/UDP channels on a proxy and relay them locally.")
 @proxy_options
-@click.option("--tcp", type=click.IntRange(0, 16), default=0, show_default=True,
-              help="TCP channels (listeners on the proxy's outward side).")
-@click.option("--udp", type=click.IntRange(0, 16), default=0, show_default=True,
-              help="UDP channels (relays on the proxy's outward side).")
-@click.option("--rtp-pair", is_flag=True,
-              help="The first two UDP channels form an RTP/RTCP pair (consecutive ports, the "
-                   "first even).")
-@click.option("--peer", type=HostPort(default_port=0), metavar="HOST[:PORT]",
-              help="Accept connections and datagrams only from this peer (and port, when "
-                   "given).  [default: any peer the proxy allows]")
-@click.option("--forward", "forwards", type=ForwardSpec(), multiple=True,
-              help="Relay channel CHAN to HOST:PORT on this side (repeatable).")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object (the channels), then one JSON line per event.")
-@click.option("--timeout", type=Duration(), default=10.0, show_default=True,
-              help="Limit for the SOCKS handshakes and for connecting to a forward target.")
+@click.option(
+    "--tcp",
+    type=click.IntRange(0, 16),
+    default=0,
+    show_default=True,
+    help="TCP channels (listeners on the proxy's outward side).",
+)
+@click.option(
+    "--udp",
+    type=click.IntRange(0, 16),
+    default=0,
+    show_default=True,
+    help="UDP channels (relays on the proxy's outward side).",
+)
+@click.option(
+    "--rtp-pair",
+    is_flag=True,
+    help="The first two UDP channels form an RTP/RTCP pair (consecutive ports, the first even).",
+)
+@click.option(
+    "--peer",
+    type=HostPort(default_port=0),
+    metavar="HOST[:PORT]",
+    help="Accept connections and datagrams only from this peer (and port, when "
+    "given).  [default: any peer the proxy allows]",
+)
+@click.option(
+    "--forward",
+    "forwards",
+    type=ForwardSpec(),
+    multiple=True,
+    help="Relay channel CHAN to HOST:PORT on this side (repeatable).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object (the channels), then one JSON line per event.",
+)
+@click.option(
+    "--timeout",
+    type=Duration(),
+    default=10.0,
+    show_default=True,
+    help="Limit for the SOCKS handshakes and for connecting to a forward target.",
+)
 @click.pass_obj
 def bind(
     app: App,
@@ -445,8 +505,16 @@ def bind(
     user, password = resolve_credentials(url, username, password_file)
     try:
         mb = multi_bind(
-            proxy=url, tcp=tcp, udp=udp, rtp_pair=rtp_pair, peer=peer, username=user,
-            password=password, timeout=timeout, ca_file=ca_file, fingerprint=fingerprint,
+            proxy=url,
+            tcp=tcp,
+            udp=udp,
+            rtp_pair=rtp_pair,
+            peer=peer,
+            username=user,
+            password=password,
+            timeout=timeout,
+            ca_file=ca_file,
+            fingerprint=fingerprint,
         )
     except ReplyError as exc:
         app.fail(str(exc), ExitCode.REFUSED)
@@ -472,14 +540,18 @@ def bind(
         app.fail(str(outcome), ExitCode.UNREACHABLE)
     reasons = sorted({state.closed for state in states if state.closed})
     if all(state.closed for state in states):
-        app.fail(f"proxy {url.hostport} closed every channel ({', '.join(reasons)})",
-                 ExitCode.ENDED)
-    app.fail(f"proxy {url.hostport} closed the multi-bind control connection",
-             ExitCode.UNREACHABLE)
+        app.fail(
+            f"proxy {url.hostport} closed every channel ({', '.join(reasons)})", ExitCode.ENDED
+        )
+    app.fail(f"proxy {url.hostport} closed the multi-bind control connection", ExitCode.UNREACHABLE)
 
 
 def _run(
-    app: App, mb: MultiBind, relay: Relay, states: list[ChannelState], title: str,
+    app: App,
+    mb: MultiBind,
+    relay: Relay,
+    states: list[ChannelState],
+    title: str,
     as_json: bool,
 ) -> Exception | None:
     """Relay until the proxy closes (or Ctrl-C); everything is closed on the way out."""
@@ -488,8 +560,11 @@ def _run(
         if app.out.is_terminal and not as_json:
             from rich.live import Live
 
-            with Live(get_renderable=lambda: live_table(states, title), console=app.out,
-                      refresh_per_second=REFRESH_PER_SECOND):
+            with Live(
+                get_renderable=lambda: live_table(states, title),
+                console=app.out,
+                refresh_per_second=REFRESH_PER_SECOND,
+            ):
                 return _serve_events(mb, relay)
         return _serve_events(mb, relay)
     finally:

@@ -26,7 +26,7 @@ from socksx.cli._app import App
 from socksx.cli._exit import ExitCode
 from socksx.cli._types import Duration
 from socksx.cli.connect import proxy_options, resolve_credentials, resolve_proxy
-from socksx.protocol.address import Address
+from socksx.protocol.address import ZERO_V4, Address
 from socksx.protocol.constants import SOCKS5_VERSION, Command, Method, ReplyCode
 
 if TYPE_CHECKING:
@@ -35,13 +35,18 @@ if TYPE_CHECKING:
 __all__ = ["Report", "check"]
 
 OK, UNSUPPORTED, REFUSED, ERROR, SKIPPED, AUTH_FAILED = (
-    "ok", "unsupported", "refused", "error", "skipped", "auth-failed",
+    "ok",
+    "unsupported",
+    "refused",
+    "error",
+    "skipped",
+    "auth-failed",
 )
 ECHO_PAYLOAD: Final = b"socksx check\n"
 UDP_WAIT: Final = 2.0  #: seconds to wait for the datagram round trip (UDP may just drop it)
 SAME_PORT_ATTEMPTS: Final = 8  #: tries to get one port free on both 127.0.0.1 and ::1
 
-_ZERO = Address("0.0.0.0", 0)
+_ZERO = ZERO_V4
 #: Probe bodies after VER CMD RSV (docs/PROTOCOL.md). Each is refused by a server that knows
 #: the command, with the REP given, and changes nothing on it.
 _TUNNEL_MALFORMED: Final = bytes([0xFF, 0, 0])  #: PROTO FF (unknown), ULEN 0, PLEN 0 -> REP 01
@@ -49,14 +54,34 @@ _MULTIBIND_NO_CHANNELS: Final = bytes([0])  #: NCHAN 0 -> REP 01
 _ACCEPT_ZERO_TOKEN: Final = bytes(16)  #: a token no server ever issued -> REP 02
 EXTENSION_PROBES: Final = (
     # key, label, CMD, body, the reply that proves support
-    ("join", "JOIN_MCAST_GROUP 0x05", Command.JOIN_MCAST_GROUP, _ZERO.to_bytes(),
-     ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED),
-    ("leave", "LEAVE_MCAST_GROUP 0x06", Command.LEAVE_MCAST_GROUP,
-     Address("239.255.0.1", 9).to_bytes(), ReplyCode.GENERAL_FAILURE),
-    ("setup_udp_tunnel", "SETUP_UDP_TUNNEL 0x07", Command.SETUP_UDP_TUNNEL,
-     _ZERO.to_bytes() + _TUNNEL_MALFORMED, ReplyCode.GENERAL_FAILURE),
-    ("multi_bind", "MULTI_BIND 0x08", Command.MULTI_BIND,
-     _ZERO.to_bytes() + _MULTIBIND_NO_CHANNELS, ReplyCode.GENERAL_FAILURE),
+    (
+        "join",
+        "JOIN_MCAST_GROUP 0x05",
+        Command.JOIN_MCAST_GROUP,
+        _ZERO.to_bytes(),
+        ReplyCode.ADDRESS_TYPE_NOT_SUPPORTED,
+    ),
+    (
+        "leave",
+        "LEAVE_MCAST_GROUP 0x06",
+        Command.LEAVE_MCAST_GROUP,
+        Address("239.255.0.1", 9).to_bytes(),
+        ReplyCode.GENERAL_FAILURE,
+    ),
+    (
+        "setup_udp_tunnel",
+        "SETUP_UDP_TUNNEL 0x07",
+        Command.SETUP_UDP_TUNNEL,
+        _ZERO.to_bytes() + _TUNNEL_MALFORMED,
+        ReplyCode.GENERAL_FAILURE,
+    ),
+    (
+        "multi_bind",
+        "MULTI_BIND 0x08",
+        Command.MULTI_BIND,
+        _ZERO.to_bytes() + _MULTIBIND_NO_CHANNELS,
+        ReplyCode.GENERAL_FAILURE,
+    ),
     ("accept", "ACCEPT 0x09", Command.ACCEPT, _ACCEPT_ZERO_TOKEN, ReplyCode.NOT_ALLOWED),
 )
 
@@ -115,8 +140,11 @@ class Report:
                 "udp_associate": s("udp_associate"),
                 "udp_roundtrip": s("udp_roundtrip"),
             },
-            "address_types": {"ipv4": s("atyp_ipv4"), "ipv6": s("atyp_ipv6"),
-                              "domain": s("atyp_domain")},
+            "address_types": {
+                "ipv4": s("atyp_ipv4"),
+                "ipv6": s("atyp_ipv6"),
+                "domain": s("atyp_domain"),
+            },
             "extensions": {key: s(key) for key, *_ in EXTENSION_PROBES},
             "probes": [p.to_json() for p in self.probes],
         }
@@ -240,8 +268,15 @@ class Prober:
     """Runs the probes in order and fills a Report."""
 
     def __init__(
-        self, url: ProxyURL, *, username: str | None, password: str | None, timeout: float,
-        ca_file: str | None, fingerprint: str | None, targets: LocalTargets,
+        self,
+        url: ProxyURL,
+        *,
+        username: str | None,
+        password: str | None,
+        timeout: float,
+        ca_file: str | None,
+        fingerprint: str | None,
+        targets: LocalTargets,
     ) -> None:
         self.url = url
         self.timeout = timeout
@@ -341,8 +376,9 @@ class Prober:
         # The SOCKS5 probe offered only "no authentication": its answer is that row too.
         self._add("auth_none", "auth: none 0x00", first.status, first.detail, first.rtt_ms)
         first.status, first.detail = OK, "answers SOCKS5"
-        self._probe("auth_userpass", "auth: username/password 0x02",
-                    offer(Method.USERNAME_PASSWORD))
+        self._probe(
+            "auth_userpass", "auth: username/password 0x02", offer(Method.USERNAME_PASSWORD)
+        )
         return selected.get(Method.NO_AUTH)
 
     def _probe_socks5_commands(self, none_method: Method | None) -> None:
@@ -371,9 +407,14 @@ class Prober:
             self._probe(key, label, self._extension(request, expected))
 
     def _command_rows(self) -> list[tuple[str, str]]:
-        rows = [("connect", "CONNECT"), ("atyp_ipv4", "address: IPv4"),
-                ("atyp_ipv6", "address: IPv6"), ("atyp_domain", "address: domain name"),
-                ("bind", "BIND"), ("udp_associate", "UDP ASSOCIATE")]
+        rows = [
+            ("connect", "CONNECT"),
+            ("atyp_ipv4", "address: IPv4"),
+            ("atyp_ipv6", "address: IPv6"),
+            ("atyp_domain", "address: domain name"),
+            ("bind", "BIND"),
+            ("udp_associate", "UDP ASSOCIATE"),
+        ]
         return rows + [(key, label) for key, label, *_ in EXTENSION_PROBES]
 
     def _connect(self, host: str, port: int, version: int) -> tuple[str, str]:
@@ -382,8 +423,9 @@ class Prober:
         url = self.url
         if version == 4:
             url = dataclasses.replace(url, scheme="socks4", version=4, remote_dns=False)
-        with connect(host, port, proxy=url, timeout=self.timeout, remote_dns=True,
-                     **self.creds, **self.tls) as sock:
+        with connect(
+            host, port, proxy=url, timeout=self.timeout, remote_dns=True, **self.creds, **self.tls
+        ) as sock:
             sock.settimeout(self.timeout)
             sock.sendall(ECHO_PAYLOAD)
             echoed = b""
@@ -427,8 +469,9 @@ class Prober:
         holder: list[Any] = []
 
         def associate() -> tuple[str, str]:
-            holder.append(udp_associate(proxy=self.url, timeout=self.timeout,
-                                        **self.creds, **self.tls))
+            holder.append(
+                udp_associate(proxy=self.url, timeout=self.timeout, **self.creds, **self.tls)
+            )
             host, port = holder[0].relay
             return OK, f"relay {Address(host, port)}"
 
@@ -455,8 +498,9 @@ class Prober:
         from socksx.client import raw_request
 
         def run() -> tuple[str, str]:
-            reply = raw_request(request, proxy=self.url, timeout=self.timeout,
-                                **self.creds, **self.tls)
+            reply = raw_request(
+                request, proxy=self.url, timeout=self.timeout, **self.creds, **self.tls
+            )
             if reply is None:
                 return UNSUPPORTED, "closed without a reply"
             if len(reply) < 2 or reply[0] != SOCKS5_VERSION:
@@ -480,8 +524,14 @@ def _why(exc: BaseException) -> BaseException:
 
 # -- output ----------------------------------------------------------------------------------
 
-_STYLE = {OK: "green", UNSUPPORTED: "yellow", REFUSED: "yellow", ERROR: "red",
-          AUTH_FAILED: "red", SKIPPED: "dim"}
+_STYLE = {
+    OK: "green",
+    UNSUPPORTED: "yellow",
+    REFUSED: "yellow",
+    ERROR: "red",
+    AUTH_FAILED: "red",
+    SKIPPED: "dim",
+}
 
 
 def _rtt_text(rtt: float | None) -> str:
@@ -500,8 +550,12 @@ def print_report(app: App, report: Report) -> None:
         table.add_column("detail")
         table.add_column("ms", justify="right")
         for p in report.probes:
-            table.add_row(Text(p.label), Text(p.status, style=_STYLE.get(p.status, "")),
-                          Text(p.detail), _rtt_text(p.rtt_ms))
+            table.add_row(
+                Text(p.label),
+                Text(p.status, style=_STYLE.get(p.status, "")),
+                Text(p.detail),
+                _rtt_text(p.rtt_ms),
+            )
         app.out.print(table)
         return
     width = max((len(p.label) for p in report.probes), default=0)
@@ -541,8 +595,15 @@ def check(
     url = resolve_proxy(via)
     user, password = resolve_credentials(url, username, password_file)
     with LocalTargets() as targets:
-        report = Prober(url, username=user, password=password, timeout=timeout,
-                        ca_file=ca_file, fingerprint=fingerprint, targets=targets).run()
+        report = Prober(
+            url,
+            username=user,
+            password=password,
+            timeout=timeout,
+            ca_file=ca_file,
+            fingerprint=fingerprint,
+            targets=targets,
+        ).run()
     if as_json:
         click.echo(json.dumps(report.to_json()))
     elif report.reachable:
@@ -552,9 +613,13 @@ def check(
         "not-socks": (ExitCode.UNREACHABLE, f"proxy {url.hostport} does not answer SOCKS"),
         "auth-failed": (ExitCode.AUTH, f"proxy {url.hostport} rejected the username/password"),
         "credentials-required": (
-            ExitCode.AUTH, f"proxy {url.hostport} requires a username and password (--user)"),
+            ExitCode.AUTH,
+            f"proxy {url.hostport} requires a username and password (--user)",
+        ),
         "no-acceptable-method": (
-            ExitCode.AUTH, f"proxy {url.hostport} accepts none of our authentication methods"),
+            ExitCode.AUTH,
+            f"proxy {url.hostport} accepts none of our authentication methods",
+        ),
     }
     if report.verdict in verdicts:
         code, message = verdicts[report.verdict]

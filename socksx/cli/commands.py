@@ -15,5 +15,14 @@ from socksx.cli.top import top
 from socksx.cli.tunnel import tunnel
 
 ALL: list[click.Command] = [
-    server, connect, check, config, passwd, top, tunnel, bind, mcast_join, mcast_send,
+    server,
+    connect,
+    check,
+    config,
+    passwd,
+    top,
+    tunnel,
+    bind,
+    mcast_join,
+    mcast_send,
 ]

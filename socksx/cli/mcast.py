@@ -188,9 +188,7 @@ def _writer(fmt: str) -> Callable[[bytes, tuple[str, int]], None]:
 @click.command("mcast-join", short_help="Join a multicast group through a gateway; print it.")
 @click.argument("target", type=HostPort(), metavar="GROUP:PORT")
 @proxy_options
-@click.option(
-    "--count", type=click.IntRange(1), default=None, help="Exit after N datagrams."
-)
+@click.option("--count", type=click.IntRange(1), default=None, help="Exit after N datagrams.")
 @click.option(
     "--duration", type=Duration(), default=None, help="Exit after this long (e.g. 30s, 5m)."
 )
@@ -243,9 +241,12 @@ def mcast_join(
 
     deadline = None if duration is None else time.monotonic() + duration
     received = 0
-    with _interrupts_here(), _membership(
-        app, target, via, username, password_file, ca_file, fingerprint, timeout
-    ) as membership:
+    with (
+        _interrupts_here(),
+        _membership(
+            app, target, via, username, password_file, ca_file, fingerprint, timeout
+        ) as membership,
+    ):
         if not membership.can_receive:
             app.fail(
                 f"not authorized to receive from {hostport_text(*target)} "
@@ -364,9 +365,12 @@ def mcast_send(
     if generated and messages:
         msg = "give MESSAGE arguments or --size/--count, not both"
         raise click.UsageError(msg)
-    with _interrupts_here(), _membership(
-        app, target, via, username, password_file, ca_file, fingerprint, timeout
-    ) as membership:
+    with (
+        _interrupts_here(),
+        _membership(
+            app, target, via, username, password_file, ca_file, fingerprint, timeout
+        ) as membership,
+    ):
         if not membership.can_send:
             app.fail(
                 f"not authorized to send to {hostport_text(*target)} "

@@ -145,7 +145,6 @@ class BindHandle(Closing):
             self._session.close()
 
 
-
 def bind(
     *,
     proxy: ProxyArg = None,
@@ -253,7 +252,6 @@ class UdpAssociation(Closing):
         """Close the UDP socket and the control connection (idempotent)."""
         self._udp.close()
         self._session.close()
-
 
 
 def udp_associate(
@@ -429,7 +427,10 @@ def _literal(host: str, port: int) -> Address:
 
 
 def _target(
-    host: str, port: int, url: ProxyURL | None, remote_dns: bool | None,
+    host: str,
+    port: int,
+    url: ProxyURL | None,
+    remote_dns: bool | None,
     socktype: int = socket.SOCK_STREAM,
 ) -> Address:
     """What goes into DST: the name itself (remote DNS), or an IP resolved here."""

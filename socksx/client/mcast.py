@@ -479,7 +479,6 @@ class Membership(Closing):
         self._wake_r.close()
         self._wake_w.close()
 
-
     def __repr__(self) -> str:
         return (
             f"Membership(group={self.group}, permission={self.permission!r}, mode={self.mode!r},"

@@ -38,7 +38,7 @@ from socksx.client import (
 from socksx.client._driver import Closing, Credentials, Session, open_session
 from socksx.client.proxyurl import ProxyURL
 from socksx.errors import LocalProtocolError, ProxyConnectionError, ReplyError
-from socksx.protocol.address import Address
+from socksx.protocol.address import ZERO_V4, Address
 from socksx.protocol.client_connection import RawReply, RawRequest
 from socksx.protocol.constants import (
     UDP_RECV_SIZE,
@@ -84,7 +84,9 @@ class _Login:
     credentials: Credentials | None
     ca_file: str | None
     fingerprint: str | None
-_REGISTER: Final = encode_udp_datagram(Address("0.0.0.0", 0))
+
+
+_REGISTER: Final = encode_udp_datagram(ZERO_V4)
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,9 @@ class ChannelInfo:
         }
 
 
-def channel_requests(tcp: int = 0, udp: int = 0, rtp_pair: bool = False) -> tuple[
-    ChannelRequest, ...
-]:
+def channel_requests(
+    tcp: int = 0, udp: int = 0, rtp_pair: bool = False
+) -> tuple[ChannelRequest, ...]:
     """TCP channels first, then UDP channels; with *rtp_pair* the first two UDP ones are a pair.
 
     Raises:
@@ -373,7 +375,6 @@ class MultiBind(Closing):
         self._session.close()
 
 
-
 def multi_bind(
     *,
     proxy: ProxyArg = None,
@@ -437,7 +438,7 @@ def multi_bind(
 
 def _peer_address(peer: HostPort | None) -> Address:
     if peer is None:
-        return Address("0.0.0.0", 0)
+        return ZERO_V4
     host, port = peer
     try:
         return Address.from_ip(host, port)
@@ -480,8 +481,10 @@ def _refused(reply: Reply, url: ProxyURL, what: str) -> ReplyError:
     if code == ReplyCode.COMMAND_NOT_SUPPORTED:
         text = f"proxy {url.hostport} has no multi-bind support (REP 0x07 command not supported)"
     elif code == ReplyCode.NOT_ALLOWED and what == "ACCEPT":
-        text = (f"proxy {url.hostport} refused ACCEPT: the token is unknown, used, expired or "
-                "not ours (REP 0x02)")
+        text = (
+            f"proxy {url.hostport} refused ACCEPT: the token is unknown, used, expired or "
+            "not ours (REP 0x02)"
+        )
     else:
         return ReplyError(code, f"proxy {url.hostport} refused {what}: {ReplyError(code)}")
     return ReplyError(code, text)
@@ -514,4 +517,3 @@ def _any(family: socket.AddressFamily) -> str:
 def _text(address: HostPort) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-

@@ -30,7 +30,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from socksx.protocol.address import Address, read_address_from
+from socksx.protocol.address import ZERO_V4, Address, read_address_from
 from socksx.protocol.buffer import Reader
 from socksx.protocol.connection import NOTICE_KIND, REPLY_KIND, register_reply_type
 from socksx.protocol.constants import (
@@ -79,7 +79,7 @@ __all__ = [
 
 Buf = bytes | bytearray | memoryview
 ZERO_KEY = bytes(KEY_SIZE)
-_ZERO_ADDRESS = Address("0.0.0.0", 0)
+_ZERO_ADDRESS = ZERO_V4
 _IP_ATYPS = frozenset({Atyp.IPV4, Atyp.IPV6})
 #: REP values that use the JOIN reply shape (with LEN | KEY); every other REP is plain.
 JOIN_REPLY_CODES = frozenset(
@@ -244,10 +244,7 @@ class JoinReply:
         """VER | REP | RSV | ATYP | ADDR | PORT | LEN | KEY."""
         key = b"" if self.keys is None else self.keys.to_bytes()
         return (
-            bytes([SOCKS5_VERSION, self.rep, 0])
-            + self.address.to_bytes()
-            + bytes([len(key)])
-            + key
+            bytes([SOCKS5_VERSION, self.rep, 0]) + self.address.to_bytes() + bytes([len(key)]) + key
         )
 
 

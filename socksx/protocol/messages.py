@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from socksx.protocol.address import Address, read_address_from
+from socksx.protocol.address import ZERO_V4, Address, read_address_from
 from socksx.protocol.buffer import Reader
 from socksx.protocol.constants import (
     SOCKS5_VERSION,
@@ -146,7 +146,7 @@ class Reply:
     """A reply in the plain RFC 1928 shape (also every failure reply of the extensions)."""
 
     rep: ReplyCode
-    address: Address = Address("0.0.0.0", 0)
+    address: Address = ZERO_V4
 
     def __post_init__(self) -> None:
         _check_octet(self.rep, "REP")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from socksx.protocol.address import Address, read_address_from
+from socksx.protocol.address import ZERO_V4, Address, read_address_from
 from socksx.protocol.buffer import Reader
 from socksx.protocol.connection import NOTICE_KIND, REPLY_KIND, register_reply_type
 from socksx.protocol.constants import (
@@ -224,7 +224,7 @@ class PeerConnected:
 
     chan_id: int
     token: bytes = field(repr=False)
-    peer: Address = Address("0.0.0.0", 0)
+    peer: Address = ZERO_V4
 
     def __post_init__(self) -> None:
         _check_chan_id(self.chan_id)

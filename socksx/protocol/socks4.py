@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from socksx.protocol.address import Address, name_problem
+from socksx.protocol.address import ZERO_V4, Address, name_problem
 from socksx.protocol.buffer import Reader
 from socksx.protocol.constants import (
     MAX_DOMAIN_LENGTH,
@@ -65,7 +65,7 @@ class Socks4Reply:
     """A SOCKS4 reply (BIND sends two)."""
 
     code: Socks4Code
-    address: Address = Address("0.0.0.0", 0)
+    address: Address = ZERO_V4
 
     @property
     def ok(self) -> bool:

@@ -486,6 +486,4 @@ def drop_privileges(user: str | None, group: str | None) -> None:
     except PermissionError as exc:
         msg = f"cannot drop privileges: {exc.strerror}"
         raise ConfigError([ConfigProblem("<privileges>", "user", msg)]) from exc
-    logger.info(
-        "privileges dropped", extra={"fields": {"uid": os.getuid(), "gid": os.getgid()}}
-    )
+    logger.info("privileges dropped", extra={"fields": {"uid": os.getuid(), "gid": os.getgid()}})

@@ -21,7 +21,7 @@ from gevent import socket as gsocket
 
 from socksx.errors import HandshakeTimeout, PolicyDenied, UpstreamError
 from socksx.log import logger
-from socksx.protocol.address import Address
+from socksx.protocol.address import ZERO_V4, Address
 from socksx.protocol.connection import NEED_DATA, ConnectionClosed, ServerConnection, State
 from socksx.protocol.constants import (
     SOCKS4_VERSION,
@@ -212,7 +212,7 @@ class Session:
 
     def send_reply(self, rep: ReplyCode, address: Address | None = None) -> None:
         """Send a reply in the client's protocol version (SOCKS4 gets 5A/5B)."""
-        bound = address if address is not None else Address("0.0.0.0", 0)
+        bound = address if address is not None else ZERO_V4
         if self.conn.version == SOCKS4_VERSION:
             code = Socks4Code.GRANTED if rep == ReplyCode.SUCCEEDED else Socks4Code.REJECTED
             self.sock.sendall(self.conn.send(Socks4Reply(code, bound)))

@@ -110,7 +110,7 @@ class Member:
 
     @property
     def permission(self) -> str:
-        """"both", "receive" or "send" (a member with neither does not exist)."""
+        """ "both", "receive" or "send" (a member with neither does not exist)."""
         return self.policy.permission
 
     def snapshot(self, now: float, group_out: tuple[int, int] | None) -> dict[str, Any]:
@@ -124,9 +124,9 @@ class Member:
             "user": self.user,
             "client": self.client,
             "permission": self.permission,
-            "endpoint": None if self.endpoint is None else str(
-                Address.from_ip(self.endpoint[0], self.endpoint[1])
-            ),
+            "endpoint": None
+            if self.endpoint is None
+            else str(Address.from_ip(self.endpoint[0], self.endpoint[1])),
             "datagrams_in": self.datagrams_in,
             "bytes_in": self.bytes_in,
             "datagrams_out": datagrams_out,

@@ -36,7 +36,7 @@ from gevent import socket as gsocket
 from gevent.pool import Group
 
 from socksx.log import logger
-from socksx.protocol.address import Address
+from socksx.protocol.address import ZERO_V4, Address
 from socksx.protocol.constants import UDP_RECV_SIZE, McastDatagramType, Notice
 from socksx.protocol.mcast import encode_relay_plain, open_member_datagram, seal_relay
 from socksx.protocol.sealed import KEY_SIZE, UnsealError, peek_header
@@ -143,7 +143,7 @@ class Relay:
         self._deny = tuple(config.deny_sources)
         self.public_iface: Interface | None = None
         self.intranet_iface: Interface | None = None
-        self.endpoint = Address("0.0.0.0", 0)
+        self.endpoint = ZERO_V4
         self.stop_reason = ""
 
     # -- start / stop ---------------------------------------------------------------------
@@ -194,8 +194,10 @@ class Relay:
         sock.settimeout(0.0)  # never waits: the loops wait on readiness themselves
         # A unicast fan-out sends N datagrams per public one in a burst, and a datagram still
         # queued at a receiver counts against the sender's buffer: room for bursts, not drops.
-        for forced, plain in ((SO_SNDBUFFORCE, gsocket.SO_SNDBUF), (SO_RCVBUFFORCE,
-                                                                     gsocket.SO_RCVBUF)):
+        for forced, plain in (
+            (SO_SNDBUFFORCE, gsocket.SO_SNDBUF),
+            (SO_RCVBUFFORCE, gsocket.SO_RCVBUF),
+        ):
             try:
                 sock.setsockopt(gsocket.SOL_SOCKET, forced, SOCKET_BUFFER)
             except OSError:  # without CAP_NET_ADMIN: as much as the sysctl limits allow
@@ -741,9 +743,7 @@ class Relay:
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state for the stats API: counters, keys' epoch, members."""
         now = time.monotonic()
-        group_out = (
-            (self.group_out, self.group_out_bytes) if self.mode == "multicast" else None
-        )
+        group_out = (self.group_out, self.group_out_bytes) if self.mode == "multicast" else None
         return {
             "id": self.id,
             "group": self.group.host,

@@ -32,7 +32,7 @@ from gevent import socket as gsocket
 
 from socksx.errors import PolicyDenied, UpstreamError
 from socksx.log import logger
-from socksx.protocol.address import Address
+from socksx.protocol.address import ZERO_V4, Address
 from socksx.protocol.constants import UDP_RECV_SIZE, ReplyCode, TunnelDir, TunnelProto
 from socksx.protocol.errors import MalformedMessage
 from socksx.protocol.sealed import KEY_SIZE, OVERHEAD
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Endpoint", "FarTunnel", "may_tunnel", "serve_far"]
 
-_ZERO = Address("0.0.0.0", 0)
+_ZERO = ZERO_V4
 _ROUTE_CACHE = 256  # destinations whose verdict (and address) each tunnel remembers
 _SENT_TO_LIMIT = 4096  # peers in site B an inbound answer is accepted from
 _RESOLVING_LIMIT = 16  # names being resolved at once per tunnel

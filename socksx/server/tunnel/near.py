@@ -42,7 +42,7 @@ from gevent import socket as gsocket
 from gevent import ssl as gssl
 
 from socksx.errors import PolicyDenied, UpstreamError
-from socksx.protocol.address import Address
+from socksx.protocol.address import ZERO_V4, Address
 from socksx.protocol.constants import UDP_RECV_SIZE, Method, ReplyCode, TunnelDir, TunnelProto
 from socksx.protocol.datagram import decode_udp_datagram
 from socksx.protocol.errors import ProtocolError
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Dialed", "NearTunnel", "dial_peer", "find_peer", "serve_near"]
 
-_ZERO = Address("0.0.0.0", 0)
+_ZERO = ZERO_V4
 _HEADER_CACHE = 4096  # distinct sources whose RFC 1928 header is kept ready
 _RSV_FRAG = b"\x00\x00\x00"
 #: Rule ids of A's own refusals (log lines and the session result name them).
