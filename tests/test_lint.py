@@ -25,6 +25,19 @@ def test_ruff_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed (pip install ruff)")
+def test_the_package_is_formatted():
+    result = subprocess.run(
+        ["ruff", "format", "--check", "socksx"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_mypy_strict_on_the_codec_and_the_client():
     pytest.importorskip("mypy", reason="mypy not installed (pip install mypy)")
     result = subprocess.run(
