@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -60,6 +63,13 @@ class HostPort(click.ParamType):
             return split_host_port(str(value), self.default_port)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def timeout_option(help_text: str, default: float = 10.0) -> Callable[[F], F]:
+    """The ``--timeout DURATION`` option every proxy-using command has (its help says what for)."""
+    return click.option(
+        "--timeout", type=Duration(), default=default, show_default=True, help=help_text
+    )
 
 
 class Duration(click.ParamType):

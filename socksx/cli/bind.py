@@ -26,7 +26,7 @@ import click
 
 from socksx.cli._app import App
 from socksx.cli._exit import ExitCode
-from socksx.cli._types import Duration, HostPort, split_host_port
+from socksx.cli._types import HostPort, split_host_port, timeout_option
 from socksx.cli.connect import hostport_text, proxy_options, resolve_credentials, resolve_proxy
 
 if TYPE_CHECKING:
@@ -443,13 +443,7 @@ def _event_text(kind: str, fields: dict[str, Any]) -> str:
     is_flag=True,
     help="Print one JSON object (the channels), then one JSON line per event.",
 )
-@click.option(
-    "--timeout",
-    type=Duration(),
-    default=10.0,
-    show_default=True,
-    help="Limit for the SOCKS handshakes and for connecting to a forward target.",
-)
+@timeout_option("Limit for the SOCKS handshakes and for connecting to a forward target.")
 @click.pass_obj
 def bind(
     app: App,

@@ -24,7 +24,7 @@ import click
 
 from socksx.cli._app import App
 from socksx.cli._exit import ExitCode
-from socksx.cli._types import Duration
+from socksx.cli._types import timeout_option
 from socksx.cli.connect import proxy_options, resolve_credentials, resolve_proxy
 from socksx.protocol.address import ZERO_V4, Address
 from socksx.protocol.constants import SOCKS5_VERSION, Command, Method, ReplyCode
@@ -568,9 +568,7 @@ def print_report(app: App, report: Report) -> None:
 @click.command(short_help="Probe a SOCKS server: versions, auth, commands, extensions.")
 @proxy_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-@click.option(
-    "--timeout", type=Duration(), default=5.0, show_default=True, help="Limit for each probe."
-)
+@timeout_option("Limit for each probe.", default=5.0)
 @click.pass_obj
 def check(
     app: App,

@@ -23,7 +23,7 @@ import click
 
 from socksx.cli._app import App
 from socksx.cli._exit import ExitCode
-from socksx.cli._types import Duration, HostPort
+from socksx.cli._types import HostPort, timeout_option
 
 if TYPE_CHECKING:
     from socksx.client.proxyurl import ProxyURL
@@ -127,13 +127,7 @@ def hostport_text(host: str, port: int) -> str:
 @click.command(short_help="Pipe stdin/stdout to HOST:PORT through a SOCKS proxy.")
 @click.argument("target", type=HostPort(), metavar="HOST:PORT")
 @proxy_options
-@click.option(
-    "--timeout",
-    type=Duration(),
-    default=10.0,
-    show_default=True,
-    help="Limit for connecting and the SOCKS handshake (e.g. 10, 500ms).",
-)
+@timeout_option("Limit for connecting and the SOCKS handshake (e.g. 10, 500ms).")
 @click.pass_obj
 def connect(
     app: App,

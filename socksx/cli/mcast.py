@@ -25,7 +25,7 @@ import click
 
 from socksx.cli._app import App
 from socksx.cli._exit import ExitCode
-from socksx.cli._types import Duration, HostPort
+from socksx.cli._types import Duration, HostPort, timeout_option
 from socksx.cli.connect import (
     hostport_text,
     proxy_options,
@@ -207,13 +207,7 @@ def _writer(fmt: str) -> Callable[[bytes, tuple[str, int]], None]:
     default=None,
     help="Send each datagram to this UDP address (e.g. a local application) instead of printing.",
 )
-@click.option(
-    "--timeout",
-    type=Duration(),
-    default=10.0,
-    show_default=True,
-    help="Limit for connecting, the SOCKS handshake and the JOIN.",
-)
+@timeout_option("Limit for connecting, the SOCKS handshake and the JOIN.")
 @click.pass_obj
 def mcast_join(
     app: App,
@@ -329,13 +323,7 @@ def _generated(size: int, count: int) -> Iterator[bytes]:
     show_default=True,
     help="Generated load: datagrams per second (0: as fast as possible).",
 )
-@click.option(
-    "--timeout",
-    type=Duration(),
-    default=10.0,
-    show_default=True,
-    help="Limit for connecting, the SOCKS handshake and the JOIN.",
-)
+@timeout_option("Limit for connecting, the SOCKS handshake and the JOIN.")
 @click.pass_obj
 def mcast_send(
     app: App,

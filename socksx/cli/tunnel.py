@@ -20,7 +20,7 @@ import click
 
 from socksx.cli._app import App
 from socksx.cli._exit import ExitCode
-from socksx.cli._types import Duration, HostPort
+from socksx.cli._types import Duration, HostPort, timeout_option
 from socksx.cli.connect import (
     hostport_text,
     proxy_options,
@@ -117,13 +117,7 @@ class _Stop:
     metavar="HOST:PORT",
     help="Destination in site B (a name is resolved by gateway B).",
 )
-@click.option(
-    "--timeout",
-    type=Duration(),
-    default=30.0,
-    show_default=True,
-    help="Limit for setting the tunnel up (A connects to B inside it).",
-)
+@timeout_option("Limit for setting the tunnel up (A connects to B inside it).", default=30.0)
 @click.option(
     "--duration",
     type=Duration(),
