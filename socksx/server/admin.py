@@ -31,7 +31,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, unquote
 
@@ -44,13 +44,11 @@ from socksx import __version__
 from socksx.config import AdminConfig, parse_host_port
 from socksx.errors import ConfigError, ConfigProblem
 from socksx.log import logger
-from socksx.protocol.address import Address
 from socksx.server.metrics import CONTENT_TYPE, render_metrics
 from socksx.server.snapshot import SESSION_SORTS, StatsBuilder, merge_sessions, merge_stats
 
 if TYPE_CHECKING:
     from socksx.server.server import Server
-    from socksx.server.session import Session
 
 __all__ = [
     "AdminApp",
@@ -143,13 +141,7 @@ class LocalSource:
             "command": session.command,
             "dst": session.dst,
         }
-        greenlet = _greenlet_of(self.server, session)
-        if greenlet is not None:
-            greenlet.kill(block=False)
-        else:
-            # Not found (should not happen): closing the socket ends every phase soon after.
-            with contextlib.suppress(OSError):
-                session.sock.shutdown(gsocket.SHUT_RDWR)
+        gevent.kill(session.greenlet)
         return described
 
     def terminate_relay(self, relay_id: str) -> dict[str, Any] | None:
@@ -165,29 +157,6 @@ class LocalSource:
             raise ActionUnsupported(msg)
         end()
         return {"id": relay_id}
-
-
-def _greenlet_of(server: Server, session: Session) -> gevent.Greenlet | None:
-    """The pool greenlet serving *session* (spawned by StreamServer with its peer address)."""
-    for greenlet in list(server.pool.greenlets):
-        for arg in _flat(getattr(greenlet, "args", ())):
-            if arg is session.sock:
-                return greenlet
-            if isinstance(arg, tuple) and len(arg) >= 2 and isinstance(arg[0], str):
-                try:
-                    peer = Address.from_ip(arg[0], arg[1])
-                except (ValueError, TypeError):
-                    continue
-                if (peer.host, peer.port) == (session.client_ip, session.client_port):
-                    return greenlet
-    return None
-
-
-def _flat(args: Iterable[Any]) -> Iterator[Any]:
-    for arg in args:
-        yield arg
-        if isinstance(arg, tuple) and arg and not isinstance(arg[0], str):
-            yield from arg
 
 
 class WorkersSource:

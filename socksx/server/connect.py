@@ -16,7 +16,6 @@ docs/PROTOCOL.md "Reply codes for CONNECT"):
 from __future__ import annotations
 
 import errno
-import os
 from typing import TYPE_CHECKING
 
 from gevent import socket as gsocket
@@ -24,6 +23,7 @@ from gevent import socket as gsocket
 from socksx.errors import UpstreamError
 from socksx.protocol.address import Address
 from socksx.protocol.constants import ReplyCode
+from socksx.server.rawio import RawStream, connect_nonblocking
 
 if TYPE_CHECKING:
     from socksx.server.session import Session
@@ -64,31 +64,11 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-_IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY})
-
-
-def _connect(sock: gsocket.socket, sockaddr: tuple, timeout: float) -> None:
-    """Non-blocking connect, one wait for writability, SO_ERROR: what gevent's connect does,
-    minus its second connect_ex and getsockopt (it is on every CONNECT's path).
-
-    Raises:
-        OSError: the connection failed; TimeoutError after *timeout* seconds.
-    """
-    sock.setblocking(False)
-    err = sock.connect_ex(sockaddr)
-    if err in _IN_PROGRESS:
-        gsocket.wait_write(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError("timed out"))
-        err = sock.getsockopt(gsocket.SOL_SOCKET, gsocket.SO_ERROR)
-    if err:
-        raise OSError(err, os.strerror(err))
-    sock.settimeout(None)  # cooperative blocking from here on (sendall of pipelined data)
-
-
 def open_upstream(
     targets: list[tuple[int, tuple]],
     timeout: float,
     source: str | None = None,
-) -> gsocket.socket:
+) -> RawStream:
     """Connect to the first target that answers, trying each in turn.
 
     Raises:
@@ -96,17 +76,10 @@ def open_upstream(
     """
     last: BaseException | None = None
     for family, sockaddr in targets:
-        sock = gsocket.socket(family, gsocket.SOCK_STREAM)
         try:
-            sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
-            if source:
-                sock.bind((source, 0))
-            _connect(sock, sockaddr, timeout)
+            return connect_nonblocking(family, sockaddr, timeout, source)
         except OSError as exc:
-            sock.close()
             last = exc
-            continue
-        return sock
     if last is None:
         raise UpstreamError(ReplyCode.HOST_UNREACHABLE, "name resolved to no usable address")
     raise UpstreamError(errno_to_reply(last), _describe(last)) from last

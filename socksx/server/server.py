@@ -8,6 +8,7 @@ a state dump.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import errno
 import os
@@ -22,8 +23,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent import ssl as gssl
 from gevent.event import Event
-from gevent.pool import Pool
-from gevent.server import StreamServer
+from greenlet import greenlet
 
 from socksx import __version__
 from socksx.config import Config
@@ -38,6 +38,7 @@ from socksx.server.limits import SessionLimiter
 from socksx.server.mcast import join as mcast_join
 from socksx.server.mcast.manager import stop_relays
 from socksx.server.multibind import handle_accept, handle_multibind
+from socksx.server.rawio import RawStream
 from socksx.server.rules import RuleSet
 from socksx.server.session import HANDLERS, Session
 from socksx.server.stats import ServerStats
@@ -79,20 +80,22 @@ def system_resolver(host: str, port: int) -> list[tuple[int, tuple]]:
 
 def bind_listen_socket(
     host: str, port: int, source: str, *, reuseport: bool = False
-) -> gsocket.socket:
-    """A listening TCP socket on (host, port).
+) -> _socket.socket:
+    """A non-blocking listening TCP socket on (host, port).
 
     Raises:
         ConfigError: the address cannot be bound (names it and the reason).
     """
-    family = gsocket.AF_INET6 if ":" in host else gsocket.AF_INET
-    sock = gsocket.socket(family, gsocket.SOCK_STREAM)
+    family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+    sock = _socket.socket(family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
     try:
-        sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEADDR, 1)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         if reuseport:
-            sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_REUSEPORT, 1)
-        if family == gsocket.AF_INET6:
-            sock.setsockopt(gsocket.IPPROTO_IPV6, gsocket.IPV6_V6ONLY, 1)
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+        if family == _socket.AF_INET6:
+            sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
+        # Accepted sockets inherit TCP_NODELAY on Linux: one setsockopt here, none per session.
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(1024)
     except OSError as exc:
@@ -111,69 +114,120 @@ class ListenError(SocksError):
     """A listen address that is valid but cannot be bound now (in use, no privilege)."""
 
 
-class AcceptPaused(Exception):
-    """accept() ran out of descriptors or memory: gevent's server backs off and retries."""
-
-
 #: accept() errors that mean "the process is full for now", not "the listener is broken".
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-class _StreamServer(StreamServer):
-    """gevent's StreamServer, with descriptor exhaustion as one log line instead of a
-    traceback per failed accept (the base class already backs off, up to a second)."""
-
-    owner: Server
-
-    def do_read(self) -> Any:
-        try:
-            return super().do_read()
-        except OSError as exc:
-            if exc.errno not in _RESOURCE_ERRNOS:
-                raise
-            self.owner.warn_refused("-", f"accept: {(exc.strerror or str(exc)).lower()}")
-            raise AcceptPaused(str(exc)) from exc
+#: connections accepted per readiness event before the loop serves other events
+ACCEPT_BATCH = 32
+#: back-off after accept() ran out of descriptors: doubles from the first to the last
+_PAUSE_MIN, _PAUSE_MAX = 0.01, 1.0
 
 
 class Listener:
-    """One listening socket; ``auth`` is what it requires of clients."""
+    """One listening socket; ``auth`` is what it requires of clients.
 
-    def __init__(self, server: Server, sock: gsocket.socket, tls: bool = False) -> None:
+    Accepting is a libev callback, not a greenlet: it takes up to ``ACCEPT_BATCH`` connections
+    per wake-up and switches into a fresh greenlet for each at once (no scheduling hop, no
+    pool bookkeeping), which runs the session until it first has to wait.
+    """
+
+    def __init__(self, server: Server, sock: _socket.socket, tls: bool = False) -> None:
         self.server = server
         self.tls = tls
-        self.stream = _StreamServer(sock, self._handle, spawn=server.pool)
-        self.stream.owner = server
-        hub = gevent.get_hub()
-        if not issubclass(AcceptPaused, hub.NOT_ERROR):
-            hub.NOT_ERROR = (*hub.NOT_ERROR, AcceptPaused)  # logged by do_read already
+        self.sock = sock
         self.address: tuple[str, int] = sock.getsockname()[:2]
+        self._hub = gevent.get_hub()
+        self._watcher = self._hub.loop.io(sock.fileno(), 1)
+        self._pause = _PAUSE_MIN
+        self._resume_timer: Any = None
 
     @property
     def auth(self) -> str:
         """What clients must do, from the current config (a reload applies to new sessions)."""
         return self.server.config.auth
 
-    def _handle(self, sock: gsocket.socket, peer: tuple) -> None:
+    def start(self) -> None:
+        self._watcher.start(self._on_readable)
+
+    def close(self) -> None:
+        self._watcher.stop()
+        self._watcher.close()
+        if self._resume_timer is not None:
+            self._resume_timer.stop()
+            self._resume_timer.close()
+            self._resume_timer = None
+        self.sock.close()
+
+    def _on_readable(self) -> None:
+        accept = self.sock._accept
+        family = self.sock.family
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, peer = accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self._back_off(exc)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                    continue  # that client is gone already: the next one may be fine
+                raise
+            self._pause = _PAUSE_MIN
+            greenlet(self._serve, parent=self._hub).switch(fd, family, peer)
+
+    def _back_off(self, exc: OSError) -> None:
+        """Descriptors ran out: one log line, stop accepting for a while, then try again."""
+        self.server.warn_refused("-", f"accept: {(exc.strerror or str(exc)).lower()}")
+        self._watcher.stop()
+        timer = self._resume_timer = self._hub.loop.timer(self._pause)
+        self._pause = min(self._pause * 2, _PAUSE_MAX)
+
+        def resume() -> None:
+            timer.close()
+            if self._resume_timer is timer:
+                self._resume_timer = None
+                self._watcher.start(self._on_readable)
+
+        timer.start(resume)
+
+    def _serve(self, fd: int, family: int, peer: tuple) -> None:
         server = self.server
         ip = peer[0]
         reason = server.limiter.try_acquire(ip)
         if reason is not None:
+            os.close(fd)
             server.stats.by_result[reason] += 1
             server.warn_refused(ip, reason)
             return
         try:
-            sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
-            if self.tls:
-                # The TLS handshake itself runs in the session, under the handshake timeout.
-                sock = server.tls_context.wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False
-                )
+            raw = _socket.socket(family, _socket.SOCK_STREAM, 0, fd)
+            sock: Any
+            try:
+                raw.setblocking(False)
+                if self.tls:
+                    # The TLS handshake itself runs in the session, under the handshake timeout.
+                    sock = server.tls_context.wrap_socket(
+                        gsocket.socket(family, _socket.SOCK_STREAM, 0, fileno=raw.detach()),
+                        server_side=True,
+                        do_handshake_on_connect=False,
+                    )
+                else:
+                    sock = RawStream(raw)
+            except OSError:
+                raw.close()
+                return
             session = Session(server, self, sock, peer)
-            server.sessions.add(session)
+            server.session_started(session)
             try:
                 session.run()
             finally:
-                server.sessions.discard(session)
+                with contextlib.suppress(OSError):
+                    session.sock.close()  # a handler may have swapped in a gevent socket
+                server.session_ended(session)
+        except Exception:
+            # Session.run() catches everything; this is a bug before it (a log line, not a
+            # traceback through the accept callback, which must keep accepting).
+            logger.exception("internal error starting a session from %s", ip)
         finally:
             server.limiter.release(ip)
 
@@ -184,9 +238,10 @@ class Server:
     def __init__(self, config: Config, *, resolver: Resolver | None = None) -> None:
         self.config = config
         self.resolve: Resolver = resolver or system_resolver
-        self.pool = Pool(None)
         self.stats = ServerStats()
         self.sessions: set[Session] = set()
+        self._idle = Event()  # set whenever no session is running
+        self._idle.set()
         self.associations: set[Any] = set()
         # Extension state, by id; every value has snapshot() -> dict for the stats API.
         self.mcast_relays: dict[str, Any] = {}  # multicast relays (issue 6)
@@ -268,7 +323,7 @@ class Server:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self, sockets: list[gsocket.socket] | None = None) -> None:
+    def start(self, sockets: list[_socket.socket] | None = None) -> None:
         """Bind every listener (or adopt pre-bound *sockets*, one per address) and accept.
 
         Raises:
@@ -288,12 +343,12 @@ class Server:
             Listener(self, sock, tls) for sock, (_, _, tls) in zip(sockets, specs, strict=True)
         ]
         for listener in self.listeners:
-            listener.stream.start()
+            listener.start()
         try:
             self.admin = start_admin(self)
         except BaseException:
             for listener in self.listeners:
-                listener.stream.close()
+                listener.close()
             raise
         for listener in self.listeners:
             fields = {"address": _fmt(listener.address), "auth": listener.auth}
@@ -331,17 +386,31 @@ class Server:
         """Monotonic seconds (wall-clock jumps must not distort timeouts)."""
         return time.monotonic()
 
+    def session_started(self, session: Session) -> None:
+        self.sessions.add(session)
+        self._idle.clear()
+
+    def session_ended(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._idle.set()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no session is running; False if some still are after *timeout* s."""
+        return bool(self._idle.wait(timeout))
+
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let sessions finish for *grace* seconds, then end the rest."""
         grace = self.config.timeouts.shutdown_grace if grace is None else grace
         for listener in self.listeners:
-            listener.stream.close()
+            listener.close()
         stop_relays(self)  # members get B7, so their sessions end now
-        if self.pool.join(timeout=grace) is False or len(self.pool):
-            left = len(self.pool)
-            if left:
-                logger.info("shutdown: ending %d sessions after the grace period", left)
-            self.pool.kill(timeout=1)
+        if not self.wait_idle(grace):
+            left = list(self.sessions)
+            logger.info("shutdown: ending %d sessions after the grace period", len(left))
+            for session in left:
+                gevent.kill(session.greenlet)
+            self.wait_idle(1)
         if self.admin is not None:
             self.admin.close()
             self.admin = None

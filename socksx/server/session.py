@@ -9,7 +9,6 @@ expected failures become a reply code and a result string, bugs a logged traceba
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import itertools
 import ssl
 import time
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import socket as gsocket
+from greenlet import getcurrent
 
 from socksx.errors import HandshakeTimeout, PolicyDenied, UpstreamError
 from socksx.log import logger
@@ -25,6 +25,7 @@ from socksx.protocol.address import ZERO_V4, Address
 from socksx.protocol.connection import NEED_DATA, ConnectionClosed, ServerConnection, State
 from socksx.protocol.constants import (
     SOCKS4_VERSION,
+    Command,
     Method,
     ReplyCode,
     Socks4Code,
@@ -39,7 +40,8 @@ from socksx.protocol.messages import (
     UserPassRequest,
 )
 from socksx.protocol.socks4 import Socks4Reply, Socks4Request
-from socksx.server.relay import relay
+from socksx.server.rawio import RawStream
+from socksx.server.relay import SPLICE_AVAILABLE, relay
 from socksx.server.rules import COMMAND_NAMES
 
 if TYPE_CHECKING:
@@ -71,6 +73,7 @@ class Session:
         "command",
         "conn",
         "dst",
+        "greenlet",
         "id",
         "listener",
         "result",
@@ -80,10 +83,9 @@ class Session:
         "user",
     )
 
-    def __init__(
-        self, server: Server, listener: Listener, sock: gsocket.socket, peer: tuple
-    ) -> None:
+    def __init__(self, server: Server, listener: Listener, sock: Any, peer: tuple) -> None:
         self.id = next(_ids)
+        self.greenlet = getcurrent()  # what the admin API's "end session" kills
         self.server = server
         self.listener = listener
         self.sock = sock
@@ -111,10 +113,14 @@ class Session:
                 request = self._handshake()
             if request is None:
                 return
-            handler = HANDLERS.get(self.conn.command or 0)
+            command = self.conn.command or 0
+            handler = HANDLERS.get(command)
             if handler is None:
                 self._refuse(ReplyCode.COMMAND_NOT_SUPPORTED, "unsupported-command")
                 return
+            if command != Command.CONNECT and isinstance(self.sock, RawStream):
+                # Only CONNECT stays on the raw socket; the other commands use gevent's API.
+                self.sock = self.sock.to_gevent()
             handler(self, request)
         except HandshakeTimeout:
             self.result = "handshake-timeout"
@@ -223,12 +229,24 @@ class Session:
         """Send an extension reply or notice through the state machine."""
         self.sock.sendall(self.conn.send(message))
 
-    def relay_with(self, upstream: gsocket.socket, pending: bytes) -> None:
-        """Relay the client and *upstream* to the end; the outcome becomes the result."""
+    def relay_with(self, upstream: Any, pending: bytes) -> None:
+        """Relay the client and *upstream* to the end; the outcome becomes the result.
+
+        *upstream* is a gevent socket or a ``RawStream``; the splice relay takes either, the
+        copy relay (no splice, ``zero_copy = false``, TLS) wants gevent sockets.
+        """
         config = self.server.config
         # splice(2) moves raw bytes: never through a TLS socket.
-        zero_copy = config.zero_copy and not self.listener.tls
-        self.result = relay(self.sock, upstream, self, config.timeouts.idle, pending, zero_copy)
+        zero_copy = config.zero_copy and not self.listener.tls and SPLICE_AVAILABLE
+        if not zero_copy:
+            if isinstance(self.sock, RawStream):
+                self.sock = self.sock.to_gevent()
+            if isinstance(upstream, RawStream):
+                upstream = upstream.to_gevent()
+        try:
+            self.result = relay(self.sock, upstream, self, config.timeouts.idle, pending, zero_copy)
+        finally:
+            upstream.close()
 
     def take_trailing(self) -> bytes:
         """Client bytes that arrived after the request (pipelined data)."""
@@ -253,8 +271,8 @@ class Session:
         """
         server = self.server
         if address.is_ip:
-            ip = ipaddress.ip_address(address.host)
-            family = gsocket.AF_INET if ip.version == 4 else gsocket.AF_INET6
+            # Codec addresses are canonical: a colon means IPv6.
+            family = gsocket.AF_INET6 if ":" in address.host else gsocket.AF_INET
             targets = [(family, (address.host, address.port))]
             resolved: tuple[str, ...] = ()
         else:

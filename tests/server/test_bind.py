@@ -58,7 +58,7 @@ def test_bind_listener_is_freed_when_the_client_leaves(socks_server):
     assert rep == 0
     control.close()
     # Wait (as an event, inside the server) for the session to end, then the port must be free.
-    assert socks_server.call(lambda: socks_server.server.pool.join(timeout=5))
+    assert socks_server.call(lambda: socks_server.server.wait_idle(timeout=5))
     with socket.socket() as again:
         again.bind((host, port))
 

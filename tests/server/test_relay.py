@@ -48,7 +48,7 @@ def test_four_mebibytes_each_way_concurrently(make_server, listener, zero_copy):
     assert sha256(got_up) == sha256(up)
     assert sha256(got_down) == sha256(down)
     snap = server.call(
-        lambda: server.server.pool.join(timeout=5) and server.server.stats.snapshot()
+        lambda: server.server.wait_idle(timeout=5) and server.server.stats.snapshot()
     )
     assert (snap["bytes_up"], snap["bytes_down"]) == (len(up), len(down))
 
@@ -75,7 +75,7 @@ def test_silent_relay_is_closed_after_idle_timeout(make_server, listener, zero_c
         with peer:
             client.settimeout(10)
             assert client.recv(1) == b""
-    server.call(lambda: server.server.pool.join(timeout=5))
+    server.call(lambda: server.server.wait_idle(timeout=5))
     assert server.call(lambda: dict(server.server.stats.by_result)) == {"idle-timeout": 1}
 
 

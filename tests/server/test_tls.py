@@ -100,7 +100,7 @@ def test_plaintext_on_the_tls_listener_is_refused_cleanly(tls_server):
         assert answer == b""  # closed, nothing sent back in the clear
 
     def results():
-        tls_server.server.pool.join(timeout=5)
+        tls_server.server.wait_idle(timeout=5)
         return dict(tls_server.server.stats.by_result)
 
     assert list(tls_server.call(results)) == ["tls-error"]

@@ -138,7 +138,7 @@ def test_large_datagrams_pass_whole(socks_server, udp_echo, size):
 def test_association_ends_with_its_control_connection(socks_server, udp_echo):
     control, relay = associate(socks_server.address)
     control.close()
-    assert socks_server.call(lambda: socks_server.server.pool.join(timeout=5))
+    assert socks_server.call(lambda: socks_server.server.wait_idle(timeout=5))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
         again.bind(relay)  # the client-facing port was released
 

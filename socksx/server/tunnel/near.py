@@ -231,7 +231,8 @@ def dial_peer(
     config = session.server.config
     targets = session.resolve_and_check(address, "tunnel")
     try:
-        sock = open_upstream(targets, config.timeouts.connect, session.outward_for(targets))
+        raw = open_upstream(targets, config.timeouts.connect, session.outward_for(targets))
+        sock = raw.to_gevent()
     except UpstreamError as exc:
         refused = exc.reply == ReplyCode.CONNECTION_REFUSED
         code = ReplyCode.CONNECTION_REFUSED if refused else ReplyCode.HOST_UNREACHABLE
