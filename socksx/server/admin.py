@@ -141,7 +141,7 @@ class LocalSource:
             "command": session.command,
             "dst": session.dst,
         }
-        gevent.kill(session.greenlet)
+        session.kill()
         return described
 
     def terminate_relay(self, relay_id: str) -> dict[str, Any] | None:

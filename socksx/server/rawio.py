@@ -74,19 +74,24 @@ class RawStream:
     def fileno(self) -> int:
         return self.fd
 
-    def _wait(self, events: int) -> None:
-        hub = get_hub()
+    def watcher(self, events: int) -> Any:
+        """This socket's libev watcher for *events* (1 read, 2 write), made once and reused.
+
+        The relay starts them with its own callbacks; ``close()`` closes them.
+        """
         if events == _READ:
-            watcher = self._reader
-            if watcher is None:
-                watcher = self._reader = hub.loop.io(self.fd, _READ)
-        else:
-            watcher = self._writer
-            if watcher is None:
-                watcher = self._writer = hub.loop.io(self.fd, _WRITE)
+            if self._reader is None:
+                self._reader = get_hub().loop.io(self.fd, _READ)
+            return self._reader
+        if self._writer is None:
+            self._writer = get_hub().loop.io(self.fd, _WRITE)
+        return self._writer
+
+    def _wait(self, events: int) -> None:
+        watcher = self.watcher(events)
         watcher.start(getcurrent().switch)
         try:
-            hub.switch()
+            get_hub().switch()
         finally:
             watcher.stop()
 

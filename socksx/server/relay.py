@@ -17,12 +17,16 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Callable
+from socket import SHUT_WR
 from time import monotonic
-from typing import Protocol
+from typing import Any, Protocol
 
 import gevent
+from gevent import get_hub
 from gevent import socket as gsocket
-from gevent.event import Event
+from greenlet import getcurrent
+
+from socksx.server.rawio import RawStream
 
 __all__ = ["SPLICE_AVAILABLE", "Counters", "relay"]
 
@@ -32,6 +36,7 @@ ROUNDS_PER_EVENT = 8  #: splices a flow may do per readiness event before yieldi
 SPLICE_AVAILABLE = hasattr(os, "splice") and hasattr(os, "pipe2")
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if SPLICE_AVAILABLE else 0
+splice = getattr(os, "splice", None)
 _READ, _WRITE = 1, 2  # libev event masks
 
 
@@ -104,69 +109,72 @@ class _Flow:
         "dfd",
         "done",
         "dst",
-        "eof",
         "pipe_r",
         "pipe_w",
         "reader",
         "relay",
         "sfd",
+        "src",
         "upward",
         "writer",
     )
 
-    def __init__(
-        self, relay: _SpliceRelay, src: gsocket.socket, dst: gsocket.socket, upward: bool
-    ) -> None:
-        self.relay = relay
+    def __init__(self, relay: _SpliceRelay, src: Any, dst: Any, upward: bool) -> None:
+        self.relay: _SpliceRelay | None = relay
+        self.src = src
         self.dst = dst
         self.sfd, self.dfd = src.fileno(), dst.fileno()
         self.counters = relay.counters
         self.upward = upward
-        self.reader = relay.loop.io(self.sfd, _READ)
-        self.writer = relay.loop.io(self.dfd, _WRITE)
+        self.reader = _watcher(relay.loop, src, self.sfd, _READ)
+        self.writer: Any = None  # made on the first write that would block
         self.pipe_r = self.pipe_w = -1
         self.buffered = 0  # bytes in the pipe, not yet written to dst
-        self.eof = False
         self.done = False
 
     def start(self) -> None:
         self.reader.start(self._on_readable)
 
     def _on_readable(self) -> None:
+        relay = self.relay
+        assert relay is not None
         try:
             if self.pipe_w < 0:
                 # A pipe only while bytes are in flight: an idle session holds none (two
                 # descriptors per session, not six), and the pool makes this cheap.
-                self.pipe_r, self.pipe_w = _make_pipe()
+                self.pipe_r, self.pipe_w = _PIPE_POOL.pop() if _PIPE_POOL else _new_pipe()
             # A few rounds per wake-up while data keeps coming (fewer trips through the event
             # loop on bulk transfers); bounded, so one busy flow cannot starve the others.
             for _ in range(ROUNDS_PER_EVENT):
                 try:
-                    n = os.splice(self.sfd, self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
+                    n = splice(self.sfd, self.pipe_w, PIPE_SIZE, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
                     break
                 if not n:
-                    self.eof = True
-                    self._finish()
+                    self._put_back_pipe()
+                    self._finish(relay)  # may switch to the session: nothing after it
                     return
                 self.buffered = n
                 if not self._push():
-                    self.relay.last = monotonic()
+                    relay.last = monotonic()
                     return  # the pipe stays with us until dst drains it
                 if n < PIPE_SIZE:
                     break  # the socket had less than a pipeful: it is probably empty now
-            self.relay.last = monotonic()
+            relay.last = monotonic()
             self._put_back_pipe()
         except OSError as exc:
-            self.relay.fail(exc)
+            relay.fail(exc)  # may switch to the session: nothing after it
 
     def _push(self) -> bool:
         """Write the pipe out; False (and wait for writability) if dst would block."""
         while self.buffered:
             try:
-                m = os.splice(self.pipe_r, self.dfd, self.buffered, flags=_SPLICE_FLAGS)
+                m = splice(self.pipe_r, self.dfd, self.buffered, flags=_SPLICE_FLAGS)
             except BlockingIOError:
                 self.reader.stop()
+                if self.writer is None:
+                    assert self.relay is not None
+                    self.writer = _watcher(self.relay.loop, self.dst, self.dfd, _WRITE)
                 self.writer.start(self._on_writable)
                 return False
             self.buffered -= m
@@ -177,36 +185,67 @@ class _Flow:
         return True
 
     def _put_back_pipe(self) -> None:
-        _release_pipe(self.pipe_r, self.pipe_w, True)
+        if len(_PIPE_POOL) < PIPE_POOL_SIZE:
+            _PIPE_POOL.append((self.pipe_r, self.pipe_w))
+        else:
+            os.close(self.pipe_r)
+            os.close(self.pipe_w)
         self.pipe_r = self.pipe_w = -1
 
     def _on_writable(self) -> None:
+        relay = self.relay
+        assert relay is not None
         try:
             if self._push():
                 self._put_back_pipe()
                 self.writer.stop()
-                self.relay.last = monotonic()
+                relay.last = monotonic()
                 self.reader.start(self._on_readable)
         except OSError as exc:
-            self.relay.fail(exc)
+            relay.fail(exc)
 
-    def _finish(self) -> None:
+    def _finish(self, relay: _SpliceRelay) -> None:
         self.reader.stop()
         self.done = True
-        # Propagate EOF; the destination may be gone already, then nobody is left to tell.
-        with contextlib.suppress(OSError):
-            self.dst.shutdown(gsocket.SHUT_WR)
-        self.relay.flow_done()
+        other = relay.down if self.upward else relay.up
+        if not other.done:
+            # Propagate EOF; the other direction keeps flowing. (After the last EOF the
+            # close that follows sends the FIN: no shutdown call needed.) The destination may
+            # be gone already, then nobody is left to tell.
+            try:  # noqa: SIM105 (per session: suppress() would cost three calls)
+                self.dst.shutdown(SHUT_WR)
+            except OSError:
+                pass
+            return
+        relay.end("ok")
 
     def close(self) -> None:
+        """Stop both watchers, close the ones this flow made, let go of the relay."""
         self.reader.stop()
-        self.writer.stop()
-        self.reader.close()
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.stop()
+        # A RawStream's watchers are its own (reused, closed with it); the others were made here.
+        if not isinstance(self.src, RawStream):
+            self.reader.close()
+        if self.writer is not None and not isinstance(self.dst, RawStream):
+            self.writer.close()
+        self.writer = None
         if self.pipe_w >= 0:
             # Only a pipe known to be empty may serve another relay.
-            _release_pipe(self.pipe_r, self.pipe_w, self.buffered == 0)
-            self.pipe_r = self.pipe_w = -1
+            if self.buffered == 0:
+                self._put_back_pipe()
+            else:
+                os.close(self.pipe_r)
+                os.close(self.pipe_w)
+                self.pipe_r = self.pipe_w = -1
+        self.relay = None  # no cycle left for the garbage collector
+
+
+def _watcher(loop: Any, sock: Any, fd: int, events: int) -> Any:
+    """The socket's own reusable watcher for a RawStream, else a new one."""
+    if isinstance(sock, RawStream):
+        return sock.watcher(events)
+    return loop.io(fd, events)
 
 
 #: Empty pipes of finished relays, reused by new ones: a short session then costs no pipe2,
@@ -215,21 +254,12 @@ _PIPE_POOL: list[tuple[int, int]] = []
 PIPE_POOL_SIZE = 128
 
 
-def _make_pipe() -> tuple[int, int]:
-    if _PIPE_POOL:
-        return _PIPE_POOL.pop()
+def _new_pipe() -> tuple[int, int]:
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    # A smaller pipe works too (the limit is /proc/sys/fs/pipe-max-size).
     with contextlib.suppress(OSError):
         fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
     return r, w
-
-
-def _release_pipe(r: int, w: int, empty: bool) -> None:
-    if empty and len(_PIPE_POOL) < PIPE_POOL_SIZE:
-        _PIPE_POOL.append((r, w))
-    else:
-        os.close(r)
-        os.close(w)
 
 
 class _SpliceRelay:
@@ -237,9 +267,9 @@ class _SpliceRelay:
 
     __slots__ = (
         "counters",
-        "done",
         "down",
-        "error",
+        "finished",
+        "greenlet",
         "idle",
         "last",
         "loop",
@@ -248,51 +278,58 @@ class _SpliceRelay:
         "up",
     )
 
-    def __init__(
-        self, client: gsocket.socket, upstream: gsocket.socket, counters: Counters, idle: float
-    ) -> None:
-        self.loop = gevent.get_hub().loop
+    def __init__(self, client: Any, upstream: Any, counters: Counters, idle: float) -> None:
+        self.loop = get_hub().loop
         self.counters = counters
         self.idle = idle
         self.last = monotonic()
-        self.done = Event()
+        self.finished = False
+        self.greenlet: Any = None
         self.result = "ok"
         self.up = _Flow(self, client, upstream, True)
         self.down = _Flow(self, upstream, client, False)
         self.timer = self.loop.timer(idle)
 
     def run(self) -> str:
+        self.greenlet = getcurrent()
+        switch = get_hub().switch
         try:
             self.up.start()
             self.down.start()
             self.timer.start(self._on_timer)
-            self.done.wait()
+            while not self.finished:
+                switch()
         finally:
             self.up.close()
             self.down.close()
             self.timer.stop()
             self.timer.close()
+            self.greenlet = None
         return self.result
 
     def _on_timer(self) -> None:
         quiet = monotonic() - self.last
         if quiet >= self.idle:
-            self.result = "idle-timeout"
-            self.done.set()
+            self.end("idle-timeout")
             return
         # Activity since the timer was armed: sleep for the rest of the idle period.
         self.timer.close()
         self.timer = self.loop.timer(self.idle - quiet)
         self.timer.start(self._on_timer)
 
-    def flow_done(self) -> None:
-        if self.up.done and self.down.done:
-            self.done.set()
+    def end(self, result: str) -> None:
+        """Wake the session greenlet with *result* (the first end wins).
+
+        Called from a libev callback, as its last action: the switch runs the session, which
+        closes the flows before control comes back here.
+        """
+        if not self.finished:
+            self.finished = True
+            self.result = result
+            self.greenlet.switch()
 
     def fail(self, exc: OSError) -> None:
-        if not self.done.is_set():
-            self.result = _io_error(exc)
-            self.done.set()
+        self.end(_io_error(exc))
 
 
 Pump = Callable[[gsocket.socket, gsocket.socket, Counters, bool, _Shared], None]

@@ -23,7 +23,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent import ssl as gssl
 from gevent.event import Event
-from greenlet import greenlet
+from greenlet import getcurrent, greenlet
 
 from socksx import __version__
 from socksx.config import Config
@@ -120,14 +120,18 @@ _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 ACCEPT_BATCH = 32
 #: back-off after accept() ran out of descriptors: doubles from the first to the last
 _PAUSE_MIN, _PAUSE_MAX = 0.01, 1.0
+#: finished session greenlets kept to serve the next connections (a new greenlet costs its
+#: creation plus an mmap/munmap of its frame stack)
+IDLE_GREENLETS = 64
 
 
 class Listener:
     """One listening socket; ``auth`` is what it requires of clients.
 
     Accepting is a libev callback, not a greenlet: it takes up to ``ACCEPT_BATCH`` connections
-    per wake-up and switches into a fresh greenlet for each at once (no scheduling hop, no
-    pool bookkeeping), which runs the session until it first has to wait.
+    per wake-up and switches into a greenlet for each at once (no scheduling hop, no pool
+    bookkeeping), which runs the session until it first has to wait. Greenlets whose session
+    ended wait for the next connection instead of dying (up to ``IDLE_GREENLETS``).
     """
 
     def __init__(self, server: Server, sock: _socket.socket, tls: bool = False) -> None:
@@ -139,6 +143,7 @@ class Listener:
         self._watcher = self._hub.loop.io(sock.fileno(), 1)
         self._pause = _PAUSE_MIN
         self._resume_timer: Any = None
+        self._idle: list[greenlet] = []  # session greenlets waiting for a connection
 
     @property
     def auth(self) -> str:
@@ -151,6 +156,9 @@ class Listener:
     def close(self) -> None:
         self._watcher.stop()
         self._watcher.close()
+        for waiting in self._idle:
+            gevent.kill(waiting)  # from the hub: GreenletExit out of its wait
+        self._idle.clear()
         if self._resume_timer is not None:
             self._resume_timer.stop()
             self._resume_timer.close()
@@ -173,7 +181,10 @@ class Listener:
                     continue  # that client is gone already: the next one may be fine
                 raise
             self._pause = _PAUSE_MIN
-            greenlet(self._serve, parent=self._hub).switch(fd, family, peer)
+            if self._idle:
+                self._idle.pop().switch(fd, family, peer)
+            else:
+                greenlet(self._serve_many, parent=self._hub).switch(fd, family, peer)
 
     def _back_off(self, exc: OSError) -> None:
         """Descriptors ran out: one log line, stop accepting for a while, then try again."""
@@ -189,6 +200,21 @@ class Listener:
                 self._watcher.start(self._on_readable)
 
         timer.start(resume)
+
+    def _serve_many(self, fd: int, family: int, peer: tuple) -> None:
+        """Serve connections one after another: the accept callback switches in the next.
+
+        A killed session ends the greenlet (GreenletExit passes through), so a kill can never
+        land in a later session.
+        """
+        idle = self._idle
+        switch = self._hub.switch
+        while True:
+            self._serve(fd, family, peer)
+            if len(idle) >= IDLE_GREENLETS or self.sock.fileno() < 0:
+                return
+            idle.append(getcurrent())
+            fd, family, peer = switch()
 
     def _serve(self, fd: int, family: int, peer: tuple) -> None:
         server = self.server
@@ -391,6 +417,7 @@ class Server:
         self._idle.clear()
 
     def session_ended(self, session: Session) -> None:
+        session.ended = True
         self.sessions.discard(session)
         if not self.sessions:
             self._idle.set()
@@ -409,7 +436,7 @@ class Server:
             left = list(self.sessions)
             logger.info("shutdown: ending %d sessions after the grace period", len(left))
             for session in left:
-                gevent.kill(session.greenlet)
+                session.kill()
             self.wait_idle(1)
         if self.admin is not None:
             self.admin.close()

@@ -73,6 +73,7 @@ class Session:
         "command",
         "conn",
         "dst",
+        "ended",
         "greenlet",
         "id",
         "listener",
@@ -85,7 +86,8 @@ class Session:
 
     def __init__(self, server: Server, listener: Listener, sock: Any, peer: tuple) -> None:
         self.id = next(_ids)
-        self.greenlet = getcurrent()  # what the admin API's "end session" kills
+        self.greenlet = getcurrent()  # what kill() ends; serves later sessions after this one
+        self.ended = False
         self.server = server
         self.listener = listener
         self.sock = sock
@@ -145,6 +147,19 @@ class Session:
             self._refuse(ReplyCode.GENERAL_FAILURE, "internal-error")
         finally:
             self._finish()
+
+    def kill(self) -> None:
+        """End the session from outside (its result becomes ``killed``); no-op once ended.
+
+        The check runs in the hub just before the throw: the greenlet may have finished this
+        session meanwhile and be serving another, which must not be hit.
+        """
+
+        def throw() -> None:
+            if not self.ended:
+                self.greenlet.throw(gevent.GreenletExit)
+
+        gevent.get_hub().loop.run_callback(throw)
 
     def next_event(self) -> object:
         """The next message from the client (NEED_DATA handled here); ConnectionClosed at EOF."""
