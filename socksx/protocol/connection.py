@@ -63,6 +63,10 @@ class State(enum.Enum):
     CONTROL_REPLY = enum.auto()  #: a request on the control channel waits for its reply
     CLOSED = enum.auto()
 
+    # Members are singletons compared by identity: hash them the same way, in C. (Enum's own
+    # __hash__ is Python code, and every transition looks a state up in a dict.)
+    __hash__ = object.__hash__
+
 
 class _Sentinel:
     __slots__ = ("name",)
@@ -247,6 +251,8 @@ class ServerConnection:
             if state is State.CLOSED:
                 return _CLOSED_EVENT
             return PAUSED
+        if not self._buf and not self._eof:
+            return NEED_DATA  # the common case between reads: nothing to parse yet
         try:
             if state is State.GREETING:
                 parsed = self._read_greeting()

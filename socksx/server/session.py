@@ -91,9 +91,12 @@ class Session:
         self.server = server
         self.listener = listener
         self.sock = sock
-        client = Address.from_ip(peer[0], peer[1])
-        self.client_ip = client.host
-        self.client_port = client.port
+        host = peer[0]
+        if ":" in host:
+            # IPv6: drop a scope id, canonicalise. (IPv4 from the kernel is canonical already.)
+            host = Address.from_ip(host, peer[1]).host
+        self.client_ip = host
+        self.client_port = peer[1]
         self.conn = ServerConnection()
         self.user: str | None = None
         self.command = "-"
@@ -109,10 +112,17 @@ class Session:
         """Serve the connection to its end. Never raises."""
         server = self.server
         try:
-            with gevent.Timeout(server.config.timeouts.handshake, HandshakeTimeout):
+            # The handshake timeout: a bare libev timer that throws into this greenlet
+            # (gevent.Timeout does the same with several more calls on every session).
+            timer = gevent.get_hub().loop.timer(server.config.timeouts.handshake)
+            timer.start(self.greenlet.throw, HandshakeTimeout)
+            try:
                 if self.listener.tls:
                     self.sock.do_handshake()
                 request = self._handshake()
+            finally:
+                timer.stop()
+                timer.close()
             if request is None:
                 return
             command = self.conn.command or 0
