@@ -19,13 +19,13 @@ Why each piece exists:
   attempts ``RATE_LIMITED`` without any verification. The check comes before the cache: a
   cached correct password must not become an oracle while a client is locked out.
 * **Success cache.** Clients such as browsers open many connections with the same credentials.
-  A success is remembered under HMAC-SHA256(per-process random key, username, password) with
+  A success is remembered under keyed BLAKE2b(per-process random key; username, password) with
   the stored hash it matched; a hit needs the user's current stored hash to be that same hash
   (a password change invalidates it) and the entry to be younger than ``cache_ttl``. Wrong
   passwords are never cached. The cache is bounded (oldest entries go first) and cleared by
   ``replace_users`` (SIGHUP reload).
 
-Passwords are never logged, stored or shown in a repr; only HMAC digests are kept.
+Passwords are never logged, stored or shown in a repr; only keyed digests are kept.
 """
 
 from __future__ import annotations
@@ -294,7 +294,9 @@ class Authenticator:
     def _cache_digest(self, username: bytes, password: bytes) -> bytes:
         # length-prefix the username so (user, password) pairs cannot collide
         message = len(username).to_bytes(4, "big") + username + b"\0" + password
-        return hmac.new(self._cache_key, message, hashlib.sha256).digest()
+        # Keyed BLAKE2b is a MAC in one C call (hmac.new takes three times as long): this runs
+        # on every login, cached or not.
+        return hashlib.blake2b(message, key=self._cache_key, digest_size=32).digest()
 
     def _cache_hit(self, key: bytes, stored: bytes) -> bool:
         entry = self._cache.get(key)

@@ -21,39 +21,12 @@ from gevent import get_hub
 from gevent import socket as gsocket
 from greenlet import getcurrent
 
-__all__ = ["RawStream", "connect_nonblocking", "wait_fd"]
+__all__ = ["RawStream", "connect_nonblocking"]
 
 _READ, _WRITE = 1, 2  # libev event masks
 _READY = object()
 _TIMED_OUT = object()
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY})
-
-
-def wait_fd(fd: int, events: int, timeout: float | None = None) -> None:
-    """Park the current greenlet until *fd* is ready for *events* (1 read, 2 write).
-
-    Raises:
-        TimeoutError: not ready within *timeout* seconds.
-    """
-    hub = get_hub()
-    loop = hub.loop
-    watcher = loop.io(fd, events)
-    switch = getcurrent().switch
-    timer = None
-    try:
-        watcher.start(switch, _READY)
-        if timeout is not None:
-            timer = loop.timer(timeout)
-            timer.start(switch, _TIMED_OUT)
-        if hub.switch() is _TIMED_OUT:
-            msg = "timed out"
-            raise TimeoutError(msg)
-    finally:
-        watcher.stop()
-        watcher.close()
-        if timer is not None:
-            timer.stop()
-            timer.close()
 
 
 class RawStream:
@@ -94,6 +67,27 @@ class RawStream:
             get_hub().switch()
         finally:
             watcher.stop()
+
+    def wait_writable(self, timeout: float) -> None:
+        """Park until the socket is writable (a connect finished).
+
+        Raises:
+            TimeoutError: not writable within *timeout* seconds.
+        """
+        hub = get_hub()
+        watcher = self.watcher(_WRITE)
+        timer = hub.loop.timer(timeout)
+        switch = getcurrent().switch
+        try:
+            watcher.start(switch, _READY)
+            timer.start(switch, _TIMED_OUT)
+            if hub.switch() is _TIMED_OUT:
+                msg = "timed out"
+                raise TimeoutError(msg)
+        finally:
+            watcher.stop()
+            timer.stop()
+            timer.close()
 
     def recv(self, size: int) -> bytes:
         recv = self.sock.recv
@@ -161,17 +155,19 @@ def connect_nonblocking(
         OSError: the connection failed; TimeoutError after *timeout* seconds.
     """
     sock = _socket.socket(family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK)
+    stream = RawStream(sock)
     try:
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         if source:
             sock.bind((source, 0))
         err = sock.connect_ex(sockaddr)
         if err in _IN_PROGRESS:
-            wait_fd(sock.fileno(), _WRITE, timeout)
+            # The stream's own write watcher: the relay reuses it under back-pressure.
+            stream.wait_writable(timeout)
             err = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
     except BaseException:
-        sock.close()
+        stream.close()
         raise
-    return RawStream(sock)
+    return stream

@@ -114,8 +114,8 @@ class ListenError(SocksError):
     """A listen address that is valid but cannot be bound now (in use, no privilege)."""
 
 
-#: accept() errors that mean "the process is full for now", not "the listener is broken".
-_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() errors about one client that left before it was accepted: take the next one.
+_TRANSIENT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EINTR})
 #: connections accepted per readiness event before the loop serves other events
 ACCEPT_BATCH = 32
 #: back-off after accept() ran out of descriptors: doubles from the first to the last
@@ -154,6 +154,8 @@ class Listener:
         self._watcher.start(self._on_readable)
 
     def close(self) -> None:
+        if self.sock.fileno() < 0:
+            return  # closed already
         self._watcher.stop()
         self._watcher.close()
         for waiting in self._idle:
@@ -174,12 +176,12 @@ class Listener:
             except BlockingIOError:
                 return
             except OSError as exc:
-                if exc.errno in _RESOURCE_ERRNOS:
-                    self._back_off(exc)
-                    return
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                if exc.errno in _TRANSIENT_ERRNOS:
                     continue  # that client is gone already: the next one may be fine
-                raise
+                # Out of descriptors or memory (or worse): one log line, and a pause instead
+                # of a busy loop of failing accepts.
+                self._back_off(exc)
+                return
             self._pause = _PAUSE_MIN
             if self._idle:
                 self._idle.pop().switch(fd, family, peer)
@@ -187,7 +189,7 @@ class Listener:
                 greenlet(self._serve_many, parent=self._hub).switch(fd, family, peer)
 
     def _back_off(self, exc: OSError) -> None:
-        """Descriptors ran out: one log line, stop accepting for a while, then try again."""
+        """accept() failed (descriptors ran out): one log line, pause accepting, try again."""
         self.server.warn_refused("-", f"accept: {(exc.strerror or str(exc)).lower()}")
         self._watcher.stop()
         timer = self._resume_timer = self._hub.loop.timer(self._pause)

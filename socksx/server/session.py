@@ -40,6 +40,7 @@ from socksx.protocol.messages import (
     UserPassRequest,
 )
 from socksx.protocol.socks4 import Socks4Reply, Socks4Request
+from socksx.server.auth import AuthResult
 from socksx.server.rawio import RawStream
 from socksx.server.relay import SPLICE_AVAILABLE, relay
 from socksx.server.rules import COMMAND_NAMES
@@ -56,6 +57,8 @@ RECV_SIZE = 4096
 HANDLERS: dict[int, Callable[[Session, Any], None]] = {}
 
 _ids = itertools.count(1)
+_AUTH_OK = UserPassReply(UserPassStatus.SUCCESS)
+_AUTH_FAILED = UserPassReply(UserPassStatus.FAILURE)
 
 
 class _Refused(Exception):
@@ -211,9 +214,8 @@ class Session:
         name = event.username.decode("utf-8", "replace")
         self.user = name
         outcome = self.server.authenticator.verify(self.client_ip, event.username, event.password)
-        ok = outcome.ok
-        status = UserPassStatus.SUCCESS if ok else UserPassStatus.FAILURE
-        self.sock.sendall(self.conn.send(UserPassReply(status)))
+        ok = outcome is AuthResult.OK
+        self.sock.sendall(self.conn.send(_AUTH_OK if ok else _AUTH_FAILED))
         if not ok:
             self.server.stats.auth_failures += 1
             self.result = f"auth-failed: {outcome.value}"
