@@ -33,6 +33,8 @@ __all__ = ["SPLICE_AVAILABLE", "Counters", "relay"]
 CHUNK = 65536  #: user-space copy buffer, one per direction
 PIPE_SIZE = 1048576  #: splice pipe capacity (F_SETPIPE_SZ) and the most moved per splice
 ROUNDS_PER_EVENT = 8  #: splices a flow may do per readiness event before yielding
+#: a splice that moved less than this ends the round (bulk flows keep going while it pays)
+SMALL_READ = 65536
 SPLICE_AVAILABLE = hasattr(os, "splice") and hasattr(os, "pipe2")
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if SPLICE_AVAILABLE else 0
@@ -158,8 +160,8 @@ class _Flow:
                 if not self._push():
                     relay.last = monotonic()
                     return  # the pipe stays with us until dst drains it
-                if n < PIPE_SIZE:
-                    break  # the socket had less than a pipeful: it is probably empty now
+                if n < SMALL_READ:
+                    break  # a small read drained the socket, most likely: no EAGAIN splice
             relay.last = monotonic()
             self._put_back_pipe()
         except OSError as exc:
