@@ -237,7 +237,7 @@ class Target:
     """A SOCKS5 server under test (or the direct path, host None)."""
 
     name: str
-    kind: str  # socksx | dante | microsocks | direct | external
+    kind: str  # socksx | dante | microsocks | floor | direct | external
     host: str | None = None
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
@@ -485,6 +485,15 @@ def build_targets(args: argparse.Namespace, tmp: Path, notes: list[str]) -> dict
                         malog,
                     ),
                 )
+    if args.floor:
+        flog = tmp / "floor.log"
+        floor = [sys.executable, str(ROOT / "benchmarks" / "floor_proxy.py"), "--port"]
+        targets["floor"] = Target(
+            "floor",
+            "floor",
+            log=flog,
+            starter=lambda: start_daemon("floor", lambda p: [*floor, str(p)], flog),
+        )
     for spec in args.target:
         name, _, address = spec.partition("=")
         host, _, port = address.rpartition(":")
@@ -705,6 +714,8 @@ def make_cases(env: Env) -> list[Case]:
         return None if t.pid is not None else "no server process to measure"
 
     def udp_capable(t: Target) -> str | None:
+        if t.kind == "floor":
+            return "the floor relay has no UDP ASSOCIATE"
         return "microsocks has no UDP ASSOCIATE" if t.kind == "microsocks" else None
 
     for streams in (1, 8):
@@ -816,6 +827,8 @@ def case_targets(
             skipped[key] = "Dante's username/password needs system users"
         elif target.kind == "external":
             skipped[key] = "no credentials known for --target servers"
+        elif target.kind == "floor":
+            skipped[key] = "the floor relay has no username/password"
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -984,6 +997,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="NAME=HOST:PORT",
         help="another SOCKS5 server (no auth) to measure; repeatable",
+    )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure benchmarks/floor_proxy.py (the least a Python CONNECT relay does)",
     )
     p.add_argument(
         "--skip",

@@ -53,7 +53,14 @@ def test_smoke_run_prints_tables_records_every_case_and_leaves_nothing(tmp_path)
     out = tmp_path / "results.json"
     env = {**os.environ, "TMPDIR": str(scratch)}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke", "--json", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench.py"),
+            "--smoke",
+            "--floor",
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -73,6 +80,11 @@ def test_smoke_run_prints_tables_records_every_case_and_leaves_nothing(tmp_path)
     for case in ("tput-1-up", "tput-1-down", "tput-8-up", "tput-8-down"):
         assert data["results"][case]["socksx"][0]["bytes"] == data["sizes"]["bytes"]
     assert data["results"]["mem-50"]["socksx"][0]["alive"] == 50
+    # the floor relay (--floor) is measured beside socksx where it can be
+    for case in ("tput-1-up", "tput-8-down", "rate-none", "mem-50"):
+        assert "failed" not in data["results"][case]["floor"][0], case
+    assert data["results"]["tput-8-up"]["floor"][0]["bytes"] == data["sizes"]["bytes"]
+    assert "floor" not in data["results"]["udp-64"]
     # every process it started is gone, and so is its temporary directory
     assert _processes_mentioning(str(scratch)) == []
     assert list(scratch.iterdir()) == []
