@@ -238,15 +238,9 @@ class UdpAssociation(Closing):
             except (BlockingIOError, TimeoutError):
                 msg = "no datagram from the relay in time"
                 raise TimeoutError(msg) from None
-            if _key(source[0], source[1]) != self._relay_key:
-                continue
-            try:
-                header, offset = decode_udp_datagram(dgram)
-            except ProtocolError:
-                continue
-            if header.frag:
-                continue
-            return dgram[offset : offset + bufsize], (header.address.host, header.address.port)
+            relayed = _unwrap_relayed(dgram, source, self._relay_key, bufsize)
+            if relayed is not None:
+                return relayed
 
     def close(self) -> None:
         """Close the UDP socket and the control connection (idempotent)."""
@@ -470,6 +464,25 @@ def _hand_over(session: Session) -> socket.socket:
     assert not session.conn.trailing_data()
     session.sock.settimeout(None)
     return session.sock
+
+
+def _unwrap_relayed(
+    dgram: bytes, source: tuple[str, int], relay_key: tuple[str, int], bufsize: int
+) -> tuple[bytes, tuple[str, int]] | None:
+    """A UDP relay's datagram as (payload cut to *bufsize*, (source host, port)).
+
+    None for what a client must skip: datagrams not from the relay, malformed ones and
+    fragments (FRAG != 0, which socksx does not reassemble).
+    """
+    if _key(source[0], source[1]) != relay_key:
+        return None
+    try:
+        header, offset = decode_udp_datagram(dgram)
+    except ProtocolError:
+        return None
+    if header.frag:
+        return None
+    return dgram[offset : offset + bufsize], (header.address.host, header.address.port)
 
 
 def _key(host: str, port: int) -> tuple[str, int]:

@@ -33,7 +33,9 @@ from socksx.client import (
     ProxyArg,
     _closing_on_error,
     _credentials,
+    _key,
     _proxy_url,
+    _unwrap_relayed,
 )
 from socksx.client._driver import Closing, Credentials, Session, open_session
 from socksx.client.proxyurl import ProxyURL
@@ -46,7 +48,7 @@ from socksx.protocol.constants import (
     ChannelType,
     ReplyCode,
 )
-from socksx.protocol.datagram import decode_udp_datagram, encode_udp_datagram
+from socksx.protocol.datagram import encode_udp_datagram
 from socksx.protocol.errors import ProtocolError
 from socksx.protocol.messages import Reply, maybe_read_reply
 from socksx.protocol.multibind import (
@@ -188,15 +190,9 @@ class ChannelSocket:
             dgram, source = self._sock.recvfrom(UDP_RECV_SIZE)
             if not source:  # shut down by close() in another thread
                 raise OSError(errno.EBADF, "the channel socket was closed")
-            if _key(source[0], source[1]) != self._relay_key:
-                continue
-            try:
-                header, offset = decode_udp_datagram(dgram)
-            except ProtocolError:
-                continue
-            if header.frag:
-                continue
-            return dgram[offset : offset + bufsize], (header.address.host, header.address.port)
+            relayed = _unwrap_relayed(dgram, source, self._relay_key, bufsize)
+            if relayed is not None:
+                return relayed
 
     def close(self) -> None:
         """Close the local socket (the channel itself lives until the MultiBind closes)."""
@@ -500,10 +496,6 @@ def _public(address: Address, control: socket.socket) -> HostPort:
 def _shutdown(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-
-
-def _key(host: str, port: int) -> tuple[str, int]:
-    return Address.from_ip(host, port).host, port
 
 
 def _family(host: str) -> socket.AddressFamily:
