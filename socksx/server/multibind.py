@@ -67,6 +67,7 @@ from socksx.protocol.multibind import (
     MultiBindRequest,
     PeerConnected,
 )
+from socksx.server.dgram import datagrams
 
 if TYPE_CHECKING:
     from socksx.config import MultiBindConfig
@@ -357,14 +358,8 @@ class UdpChannel(Channel):
         """Peer -> client: filter, rules, then REL -> the registered client endpoint."""
         sock, rel, owner = self.peer_sock, self.rel_sock, self.owner
         session, headers, dropped = owner.session, self.headers, self.dropped
-        recvfrom, sendto, verdict_of = sock.recvfrom, rel.sendto, owner.peer_verdict
-        while True:
-            try:
-                data, src = recvfrom(UDP_RECV_SIZE)
-            except OSError:
-                if sock.fileno() < 0:
-                    return
-                continue  # an ICMP error reported on the socket: keep serving
+        sendto, verdict_of = rel.sendto, owner.peer_verdict
+        for data, src in datagrams(sock):
             key = (_norm(src[0]), src[1])
             verdict = verdict_of(key)
             if verdict:
@@ -394,14 +389,7 @@ class UdpChannel(Channel):
     def _serve_client(self) -> None:
         """Client -> peer: every datagram REL receives."""
         sock, handle = self.rel_sock, self._from_client
-        recvfrom = sock.recvfrom
-        while True:
-            try:
-                data, src = recvfrom(UDP_RECV_SIZE)
-            except OSError:
-                if sock.fileno() < 0:
-                    return
-                continue
+        for data, src in datagrams(sock):
             handle(data, src)
 
     def _drain_client(self) -> None:

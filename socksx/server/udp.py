@@ -27,9 +27,10 @@ from gevent.pool import Group
 
 from socksx.errors import PolicyDenied, UpstreamError
 from socksx.protocol.address import Address
-from socksx.protocol.constants import UDP_RECV_SIZE, ReplyCode
+from socksx.protocol.constants import ReplyCode
 from socksx.protocol.datagram import decode_udp_datagram
 from socksx.protocol.errors import ProtocolError
+from socksx.server.dgram import datagrams
 
 if TYPE_CHECKING:
     from socksx.server.session import Session
@@ -210,15 +211,7 @@ class UdpAssociation:
     def _serve(self, sock: gsocket.socket, client_side: bool) -> None:
         """Read *sock* until closed; dispatch by source."""
         shared = client_side and any(s is sock for s in self.outward.values())
-        recvfrom = sock.recvfrom
-        while True:
-            try:
-                data, src = recvfrom(UDP_RECV_SIZE)
-            except OSError:
-                # ICMP errors surface as ECONNREFUSED on some kernels: keep serving.
-                if sock.fileno() < 0:
-                    return
-                continue
+        for data, src in datagrams(sock):
             if client_side and self._is_client(src):
                 self._from_client(data, src)
             elif shared or not client_side:

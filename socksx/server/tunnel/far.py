@@ -33,10 +33,11 @@ from gevent import socket as gsocket
 from socksx.errors import PolicyDenied, UpstreamError
 from socksx.log import logger
 from socksx.protocol.address import ZERO_V4, Address
-from socksx.protocol.constants import UDP_RECV_SIZE, ReplyCode, TunnelDir, TunnelProto
+from socksx.protocol.constants import ReplyCode, TunnelDir, TunnelProto
 from socksx.protocol.errors import MalformedMessage
 from socksx.protocol.sealed import KEY_SIZE, OVERHEAD
 from socksx.protocol.tunnel import TunnelReply, TunnelRequest
+from socksx.server.dgram import datagrams
 from socksx.server.rules import DEFAULT_DENY, Decision, RuleSet
 from socksx.server.tunnel._end import TunnelEnd, norm_ip
 from socksx.server.tunnel._links import FrameLink, SealedLink
@@ -125,16 +126,9 @@ class Endpoint:
             self.sock.close()
 
     def _serve(self) -> None:
-        recvfrom = self.sock.recvfrom
         dropped = self.server.stats.udp_dropped
         tunnels = self.tunnels
-        while True:
-            try:
-                data, src = recvfrom(UDP_RECV_SIZE)
-            except OSError:
-                if self.sock.fileno() < 0:
-                    return
-                continue
+        for data, src in datagrams(self.sock):
             if len(data) < OVERHEAD:
                 dropped["tunnel-malformed"] += 1
                 continue
@@ -311,15 +305,8 @@ class FarTunnel(TunnelEnd):
         return sock
 
     def _outward_loop(self, sock: Any) -> None:
-        recvfrom = sock.recvfrom
         session = self.session
-        while True:
-            try:
-                data, src = recvfrom(UDP_RECV_SIZE)
-            except OSError:
-                if sock.fileno() < 0:
-                    return
-                continue
+        for data, src in datagrams(sock):
             key = (norm_ip(src[0]), src[1])
             if not self.inbound_any and key not in self.sent_to:
                 self.drop("unsolicited")

@@ -60,6 +60,7 @@ from socksx.protocol.tunnel import (
     parse_fingerprint,
 )
 from socksx.server.connect import open_upstream
+from socksx.server.dgram import datagrams
 from socksx.server.tunnel._end import TunnelEnd, norm_ip
 from socksx.server.tunnel._links import FrameLink, SealedLink
 
@@ -356,15 +357,8 @@ class NearTunnel(TunnelEnd):
 
     def _client_loop(self) -> None:
         sock = self.client_sock
-        recvfrom = sock.recvfrom
         session = self.session
-        while True:
-            try:
-                data, src = recvfrom(UDP_RECV_SIZE)
-            except OSError:
-                if sock.fileno() < 0:
-                    return
-                continue
+        for data, src in datagrams(sock):
             if not self._is_client(src):
                 self.drop("foreign-source")
                 continue
