@@ -7,7 +7,7 @@ import socket
 
 import gevent
 
-from socksx.server.server import bind_listen_socket
+from socksx.server.server import IDLE_GREENLETS, bind_listen_socket
 from tests.conftest import EchoServer, recv_exactly
 from tests.server.socks_raw import socks5_connect
 
@@ -78,3 +78,15 @@ def test_relayed_sessions_leave_no_cyclic_garbage(socks_server, echo_server):
         gc.set_debug(0)
         gc.garbage.clear()
     assert ours == []
+
+
+def test_finished_sessions_leave_a_bounded_set_of_waiting_greenlets(socks_server, echo_server):
+    # More sessions at once than greenlets are kept: the extra ones end with their session.
+    count = IDLE_GREENLETS + 16
+    clients = [_echo_through(socks_server.address, echo_server, b"%d" % i) for i in range(count)]
+    for sock in clients:
+        sock.close()
+    assert socks_server.call(lambda: socks_server.server.wait_idle(timeout=10))
+    (listener,) = socks_server.server.listeners
+    assert socks_server.call(lambda: len(listener._idle)) == IDLE_GREENLETS
+    _echo_through(socks_server.address, echo_server, b"after").close()  # a kept one serves
