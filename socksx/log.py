@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import re
 import sys
 import time
 from typing import Any
@@ -19,16 +20,31 @@ __all__ = ["JsonFormatter", "TextFormatter", "logger", "setup_logging"]
 logger = logging.getLogger("socksx")
 
 
+#: (whole second, its strftime): formatted once per second, not once per line; one tuple, so a
+#: reader in another thread never sees a second paired with another second's text
+_second_stamp: tuple[int, str] = (-1, "")
+
+
 def _utc(created: float) -> str:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-    return f"{stamp}.{int(created % 1 * 1000):03d}Z"
+    global _second_stamp
+    second = int(created)
+    cached = _second_stamp
+    if cached[0] != second:
+        cached = _second_stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int(created % 1 * 1000):03d}Z"
+
+
+#: characters that would make a bare value ambiguous in a key=value line
+_NEEDS_QUOTES = re.compile(r'[ "=\\]')
 
 
 def _quote(value: Any) -> str:
     # Client-chosen text (user names, host names) must not forge lines or reach a terminal as
     # control sequences: anything but plain printable text is JSON-escaped.
+    if type(value) is int:
+        return str(value)  # the byte counts and ids of every session line: always plain
     text = str(value)
-    if not text or not text.isprintable() or any(c in text for c in ' "=\\'):
+    if not text or not text.isprintable() or _NEEDS_QUOTES.search(text):
         return json.dumps(text)
     return text
 
