@@ -229,20 +229,19 @@ class Listener:
             return
         try:
             raw = _socket.socket(family, _socket.SOCK_STREAM, 0, fd)
-            sock: Any
+            sock: Any = raw
             try:
                 raw.setblocking(False)
                 if self.tls:
+                    sock = gsocket.socket(family, _socket.SOCK_STREAM, 0, fileno=raw.detach())
                     # The TLS handshake itself runs in the session, under the handshake timeout.
                     sock = server.tls_context.wrap_socket(
-                        gsocket.socket(family, _socket.SOCK_STREAM, 0, fileno=raw.detach()),
-                        server_side=True,
-                        do_handshake_on_connect=False,
+                        sock, server_side=True, do_handshake_on_connect=False
                     )
                 else:
                     sock = RawStream(raw)
             except OSError:
-                raw.close()
+                sock.close()  # whichever object holds the descriptor now
                 return
             session = Session(server, self, sock, peer)
             server.session_started(session)
