@@ -183,10 +183,15 @@ class Listener:
                 self._back_off(exc)
                 return
             self._pause = _PAUSE_MIN
-            if self._idle:
-                self._idle.pop().switch(fd, family, peer)
-            else:
-                greenlet(self._serve_many, parent=self._hub).switch(fd, family, peer)
+            self._next_greenlet().switch(fd, family, peer)
+
+    def _next_greenlet(self) -> greenlet:
+        """A parked session greenlet, or a new one."""
+        while self._idle:
+            waiting = self._idle.pop()
+            if not waiting.dead:  # (none dies while parked; a dead one would lose the client)
+                return waiting
+        return greenlet(self._serve_many, parent=self._hub)
 
     def _back_off(self, exc: OSError) -> None:
         """accept() failed (descriptors ran out): one log line, pause accepting, try again."""
@@ -228,7 +233,11 @@ class Listener:
             server.warn_refused(ip, reason)
             return
         try:
-            raw = _socket.socket(family, _socket.SOCK_STREAM, 0, fd)
+            try:
+                raw = _socket.socket(family, _socket.SOCK_STREAM, 0, fd)
+            except OSError:
+                os.close(fd)
+                return
             sock: Any = raw
             try:
                 raw.setblocking(False)
