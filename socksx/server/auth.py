@@ -23,7 +23,7 @@ Why each piece exists:
   the stored hash it matched; a hit needs the user's current stored hash to be that same hash
   (a password change invalidates it) and the entry to be younger than ``cache_ttl``. Wrong
   passwords are never cached. The cache is bounded (oldest entries go first) and cleared by
-  ``replace_users`` (SIGHUP reload).
+  ``replace_users`` (SIGHUP reload, or the server noticing the users file changed).
 
 Passwords are never logged, stored or shown in a repr; only keyed digests are kept.
 """

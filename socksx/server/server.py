@@ -293,6 +293,7 @@ class Server:
     def _apply(self, config: Config) -> None:
         """Build rules, auth and limits from *config* (raises ConfigError before changing)."""
         rules = RuleSet(config.rules)
+        users_stamp = _file_stamp(config.users_file) if config.users_file else None
         users = load_users(config.users_file) if config.users_file else {}
         tls_context = make_tls_context(config) if config.tls.listen else None
         limits = config.limits
@@ -321,6 +322,38 @@ class Server:
         self.rules = rules
         self.tls_context = tls_context
         self.config = config
+        self._users_stamp = users_stamp
+        self._users_checked = time.monotonic()
+
+    #: how often (at most) a login looks at the users file for changes, in seconds
+    users_check_interval = 1.0
+
+    def refresh_users(self) -> None:
+        """Re-read the users file if it changed since it was read (looked at, on a login, at
+        most once per ``users_check_interval``): ``socksx passwd`` takes effect without SIGHUP.
+
+        A changed file that cannot be used (bad lines, gone) keeps the users read before, with
+        one warning per change.
+        """
+        now = time.monotonic()
+        if now - self._users_checked < self.users_check_interval:
+            return
+        self._users_checked = now
+        path = self.config.users_file
+        if not path:
+            return
+        stamp = _file_stamp(path)
+        if stamp == self._users_stamp:
+            return
+        self._users_stamp = stamp
+        try:
+            users = load_users(path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                logger.warning("users file changed, keeping the users read before: %s", problem)
+            return
+        self.authenticator.replace_users(users)  # also forgets every cached login
+        logger.info("users file changed: reloaded", extra={"fields": {"users": len(users)}})
 
     def reload(self, path: str | None = None) -> bool:
         """Re-read the config (and users file); keep the old one if the new one is bad."""
@@ -512,6 +545,15 @@ class Server:
                     }
                 },
             )
+
+
+def _file_stamp(path: str) -> tuple[int, int, int] | None:
+    """What changes when a file is rewritten (inode, mtime, size); None if it is not there."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
 
 
 def listen_specs(config: Config) -> list[tuple[str, int, bool]]:

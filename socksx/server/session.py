@@ -213,6 +213,7 @@ class Session:
         assert isinstance(event, UserPassRequest)
         name = event.username.decode("utf-8", "replace")
         self.user = name
+        self.server.refresh_users()
         outcome = self.server.authenticator.verify(self.client_ip, event.username, event.password)
         ok = outcome is AuthResult.OK
         self.sock.sendall(self.conn.send(_AUTH_OK if ok else _AUTH_FAILED))

@@ -225,6 +225,37 @@ def test_reload_picks_up_the_users_file(make_server, users_file):
     assert status == b"\x01\x00"
 
 
+def test_a_changed_users_file_is_read_again_without_a_reload(make_server, users_file, records):
+    # `socksx passwd` rewrites the file; the server notices on a later login (no SIGHUP).
+    server = make_server(userpass_toml(users_file))
+    server.server.users_check_interval = 0.0  # look at every login (the default: once a second)
+    sock, status = login(server.address, b"alice", b"pw")
+    sock.close()
+    assert status == b"\x01\x00"  # alice's login is now cached
+    write_users(users_file, {"alice": b"changed", "carol": b"new"})
+    assert_login_refused(server.address, b"alice", b"pw")  # the old password, cached, is gone
+    for user, password in ((b"alice", b"changed"), (b"carol", b"new")):
+        sock, status = login(server.address, user, password)
+        sock.close()
+        assert status == b"\x01\x00", user
+    assert any(r.getMessage() == "users file changed: reloaded" for r in records)
+
+
+def test_a_broken_users_file_change_keeps_the_users_read_before(make_server, users_file, records):
+    server = make_server(userpass_toml(users_file))
+    server.server.users_check_interval = 0.0
+    users_file.write_text("alice:not-an-argon2id-hash\n")
+    sock, status = login(server.address, b"bob", b"builder")
+    sock.close()
+    assert status == b"\x01\x00"
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert any("users file changed, keeping the users read before" in w for w in warnings)
+    write_users(users_file, {"dave": b"fixed"})  # repaired: read again
+    sock, status = login(server.address, b"dave", b"fixed")
+    sock.close()
+    assert status == b"\x01\x00"
+
+
 def test_login_flood_is_bounded_and_overflow_fails_cleanly(make_server, tmp_path: Path):
     """At most workers + queue verifications at once; the rest get an RFC 1929 failure."""
     users = tmp_path / "users"
