@@ -67,7 +67,7 @@ from socksx.protocol.multibind import (
     MultiBindRequest,
     PeerConnected,
 )
-from socksx.server.dgram import datagrams
+from socksx.server.dgram import datagrams, family_of, norm_ip
 
 if TYPE_CHECKING:
     from socksx.config import MultiBindConfig
@@ -87,17 +87,6 @@ _ANY_PEER = frozenset({Address("0.0.0.0", 0), Address("::", 0)})
 _TRANSIENT_ACCEPT_ERRORS = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED, errno.EPROTO}
 )
-
-
-def _norm(ip: str) -> str:
-    """IPv4-mapped IPv6 -> IPv4 and no scope id, so one comparison works for every socket."""
-    if ip.startswith("::ffff:") and "." in ip:
-        return ip[7:]
-    return ip.split("%", 1)[0]
-
-
-def _family(ip: str) -> int:
-    return gsocket.AF_INET6 if ":" in ip else gsocket.AF_INET
 
 
 def _digest(token: bytes) -> bytes:
@@ -249,7 +238,7 @@ class TcpChannel(Channel):
                 )
                 owner.close_channel(self, ChannelCloseReason.ERROR)
                 return
-            key = (_norm(addr[0]), addr[1])
+            key = (norm_ip(addr[0]), addr[1])
             verdict = owner.peer_verdict(key)
             if verdict:
                 conn.close()
@@ -360,7 +349,7 @@ class UdpChannel(Channel):
         session, headers, dropped = owner.session, self.headers, self.dropped
         sendto, verdict_of = rel.sendto, owner.peer_verdict
         for data, src in datagrams(sock):
-            key = (_norm(src[0]), src[1])
+            key = (norm_ip(src[0]), src[1])
             verdict = verdict_of(key)
             if verdict:
                 dropped[verdict] += 1
@@ -418,7 +407,7 @@ class UdpChannel(Channel):
     def _from_client(self, data: bytes, src: tuple[Any, ...]) -> None:
         """One datagram at REL: the first from the client's IP registers it; then routed."""
         dropped = self.dropped
-        if _norm(src[0]) != self.owner.client_ip:
+        if norm_ip(src[0]) != self.owner.client_ip:
             dropped["foreign-source"] += 1
             return
         if self.client_addr is None:
@@ -471,7 +460,7 @@ class UdpChannel(Channel):
 
 
 def _udp_socket(ip: str, port: int) -> gsocket.socket:
-    sock = gsocket.socket(_family(ip), gsocket.SOCK_DGRAM)
+    sock = gsocket.socket(family_of(ip), gsocket.SOCK_DGRAM)
     try:
         sock.bind((ip, port))
     except OSError:
@@ -502,7 +491,7 @@ def _udp_pair(ip: str) -> tuple[gsocket.socket, gsocket.socket]:
 
 
 def _tcp_listener(ip: str) -> gsocket.socket:
-    sock = gsocket.socket(_family(ip), gsocket.SOCK_STREAM)
+    sock = gsocket.socket(family_of(ip), gsocket.SOCK_STREAM)
     try:
         # Peer connections closed by us linger in TIME_WAIT on this port; with SO_REUSEADDR on
         # the listener they inherit it, so the port can be bound again as soon as we close.
@@ -542,7 +531,7 @@ class MultiBind:
         self._verdicts: dict[tuple[str, int], str] = {}
         self._routes: OrderedDict[tuple[str, int, int], tuple[Any, ...] | str] = OrderedDict()
         local = session.sock.getsockname()[0]
-        self.local_ip = _norm(local)
+        self.local_ip = norm_ip(local)
         outward = server.config.outward_address
         unset = not outward or ipaddress.ip_address(outward).is_unspecified
         self.outward_ip = self.local_ip if unset else str(outward)
@@ -563,7 +552,7 @@ class MultiBind:
         elif address.is_ip and ipaddress.ip_address(address.host).is_unspecified:
             self.expected = None  # [::]:port or 0.0.0.0:port: any address, that port
         else:
-            self.expected = frozenset(_norm(sockaddr[0]) for _, sockaddr in targets)
+            self.expected = frozenset(norm_ip(sockaddr[0]) for _, sockaddr in targets)
         wanted = len(self.request.channels)
         config = self.config
         if wanted > config.max_channels_per_request:
@@ -764,7 +753,7 @@ class MultiBind:
             route = "unresolved"
         else:
             sockaddr = next((s for f, s in targets if f == family), targets[0][1])
-            ip = _norm(sockaddr[0])
+            ip = norm_ip(sockaddr[0])
             route = (ip, sockaddr[1]) if self.expected_peer(ip, sockaddr[1]) else "filtered"
         self._routes[key] = route
         if len(self._routes) > ROUTE_CACHE_SIZE:

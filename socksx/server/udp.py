@@ -30,7 +30,7 @@ from socksx.protocol.address import Address
 from socksx.protocol.constants import ReplyCode
 from socksx.protocol.datagram import decode_udp_datagram
 from socksx.protocol.errors import ProtocolError
-from socksx.server.dgram import datagrams
+from socksx.server.dgram import datagrams, family_of, norm_ip
 
 if TYPE_CHECKING:
     from socksx.server.session import Session
@@ -39,17 +39,6 @@ __all__ = ["UdpAssociation", "handle"]
 
 ROUTE_CACHE_SIZE = 256
 SENT_TO_LIMIT = 4096
-
-
-def _family(ip: str) -> int:
-    return gsocket.AF_INET6 if ":" in ip else gsocket.AF_INET
-
-
-def _norm(ip: str) -> str:
-    """IPv4-mapped IPv6 -> IPv4, so that one comparison works on dual-stack sockets."""
-    if ip.startswith("::ffff:") and "." in ip:
-        return ip[7:]
-    return ip.split("%", 1)[0]
 
 
 class UdpAssociation:
@@ -64,12 +53,12 @@ class UdpAssociation:
         self.fixed_port = declared.port if declared.host == session.client_ip else 0
         self.client_addr: tuple | None = None
         local_ip = session.sock.getsockname()[0]
-        self.client_sock = gsocket.socket(_family(local_ip), gsocket.SOCK_DGRAM)
+        self.client_sock = gsocket.socket(family_of(local_ip), gsocket.SOCK_DGRAM)
         self.client_sock.bind((local_ip, 0))
         self.outward: dict[int, gsocket.socket] = {}
         outward_ip = self.config.outward_address
-        if outward_ip and _norm(outward_ip) == _norm(local_ip):
-            self.outward[_family(local_ip)] = self.client_sock
+        if outward_ip and norm_ip(outward_ip) == norm_ip(local_ip):
+            self.outward[family_of(local_ip)] = self.client_sock
         self.routes: OrderedDict[tuple[str, int], tuple[int, tuple]] = OrderedDict()
         self.fast_routes: dict[bytes, tuple[gsocket.socket, tuple, int]] = {}
         self.sent_to: set[tuple[str, int]] = set()
@@ -101,7 +90,7 @@ class UdpAssociation:
         if sock is None:
             sock = gsocket.socket(family, gsocket.SOCK_DGRAM)
             outward_ip = self.config.outward_address
-            if outward_ip and _family(outward_ip) == family:
+            if outward_ip and family_of(outward_ip) == family:
                 sock.bind((outward_ip, 0))
             elif family == gsocket.AF_INET6:
                 sock.bind(("::", 0))
@@ -172,11 +161,11 @@ class UdpAssociation:
         if len(self.fast_routes) < ROUTE_CACHE_SIZE:
             self.fast_routes[bytes(data[3:offset])] = route
         if len(self.sent_to) < SENT_TO_LIMIT:
-            self.sent_to.add((_norm(sockaddr[0]), sockaddr[1]))
+            self.sent_to.add((norm_ip(sockaddr[0]), sockaddr[1]))
         return route
 
     def _to_client(self, data: bytes, src: tuple) -> None:
-        key = src if len(src) == 2 else (_norm(src[0]), src[1])
+        key = src if len(src) == 2 else (norm_ip(src[0]), src[1])
         if not self.inbound_any and key not in self.sent_to:
             self._drop("unsolicited")
             return
@@ -199,7 +188,7 @@ class UdpAssociation:
         self.last = monotonic()
 
     def _is_client(self, src: tuple) -> bool:
-        if _norm(src[0]) != self.client_ip:
+        if norm_ip(src[0]) != self.client_ip:
             return False
         if self.client_addr is None:
             if self.fixed_port and src[1] != self.fixed_port:
@@ -250,9 +239,9 @@ def handle(session: Session, request: object) -> None:
     try:
         public = session.server.config.udp_public_address
         port = assoc.bound[1]
-        host = public or _norm(assoc.bound[0])
+        host = public or norm_ip(assoc.bound[0])
         if ipaddress.ip_address(host).is_unspecified:
-            host = _norm(session.sock.getsockname()[0])
+            host = norm_ip(session.sock.getsockname()[0])
         session.server.associations.add(assoc)
         session.send_reply(ReplyCode.SUCCEEDED, Address(host, port))
         session.result = assoc.run()

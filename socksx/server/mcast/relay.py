@@ -40,6 +40,7 @@ from socksx.protocol.address import ZERO_V4, Address
 from socksx.protocol.constants import UDP_RECV_SIZE, McastDatagramType, Notice
 from socksx.protocol.mcast import encode_relay_plain, open_member_datagram, seal_relay
 from socksx.protocol.sealed import KEY_SIZE, UnsealError, peek_header
+from socksx.server.dgram import norm_ip
 from socksx.server.mcast.iface import (
     Interface,
     InterfaceError,
@@ -82,13 +83,6 @@ _MAX_ID = 0xFFFFFFFF
 
 class RelayError(Exception):
     """The relay cannot start (no interface configured, bind or join refused)."""
-
-
-def _norm(ip: str) -> str:
-    """IPv4-mapped IPv6 -> IPv4, scope ids removed: one spelling per host."""
-    if ip.startswith("::ffff:") and "." in ip:
-        return ip[7:]
-    return ip.split("%", 1)[0]
 
 
 class Relay:
@@ -222,7 +216,7 @@ class Relay:
         self.public_send = send
         self.public_ttl = self.config.ttl_public
         self.own_port = send.getsockname()[1]
-        self.own_ips = frozenset(_norm(a) for a in iface.addresses)
+        self.own_ips = frozenset(norm_ip(a) for a in iface.addresses)
 
     @staticmethod
     def _local_address(iface: Interface, family: int) -> str:
@@ -509,7 +503,7 @@ class Relay:
     def _is_denied(self, ip: str) -> bool:
         verdict = self._denied.get(ip)
         if verdict is None:
-            address = ipaddress.ip_address(_norm(ip))
+            address = ipaddress.ip_address(norm_ip(ip))
             verdict = any(address in net for net in self._deny if net.version == address.version)
             if len(self._denied) >= CACHE_LIMIT:
                 self._denied.clear()
@@ -533,7 +527,7 @@ class Relay:
         return True
 
     def _from_public(self, data: bytes, src: tuple[Any, ...]) -> None:
-        if src[1] == self.own_port and _norm(src[0]) in self.own_ips:
+        if src[1] == self.own_port and norm_ip(src[0]) in self.own_ips:
             return  # our own output, looped back: never forward it again
         if self._deny and self._is_denied(src[0]):
             self._drop("denied-source")
@@ -643,7 +637,7 @@ class Relay:
             self._drop("auth", member)
             return None
         member.window.accept(header.seq)
-        if _norm(src[0]) != member.client_ip:
+        if norm_ip(src[0]) != member.client_ip:
             # The right key from the wrong host: nobody may aim a group's stream elsewhere.
             self._drop("endpoint", member)
             return None
@@ -663,7 +657,7 @@ class Relay:
         member = self.by_endpoint.get(src)
         if member is not None:
             return member
-        ip = _norm(src[0])
+        ip = norm_ip(src[0])
         for candidate in self.members.values():
             if candidate.client_ip == ip and candidate.endpoint is None:
                 self._register(candidate, src)

@@ -32,17 +32,10 @@ from socksx.protocol.constants import TunnelProto
 if TYPE_CHECKING:
     from socksx.server.session import Session
 
-__all__ = ["Link", "TunnelEnd", "norm_ip"]
+__all__ = ["Link", "TunnelEnd"]
 
 #: The smallest sleep of the clock: keeps a misconfigured tiny interval from spinning.
 _MIN_TICK = 0.01
-
-
-def norm_ip(ip: str) -> str:
-    """IPv4-mapped IPv6 -> IPv4 and no scope id, so one comparison works on dual-stack sockets."""
-    if ip.startswith("::ffff:") and "." in ip:
-        return ip[7:]
-    return ip.split("%", 1)[0]
 
 
 class Link(Protocol):

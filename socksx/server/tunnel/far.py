@@ -37,9 +37,9 @@ from socksx.protocol.constants import ReplyCode, TunnelDir, TunnelProto
 from socksx.protocol.errors import MalformedMessage
 from socksx.protocol.sealed import KEY_SIZE, OVERHEAD
 from socksx.protocol.tunnel import TunnelReply, TunnelRequest
-from socksx.server.dgram import datagrams
+from socksx.server.dgram import datagrams, family_of, norm_ip
 from socksx.server.rules import DEFAULT_DENY, Decision, RuleSet
-from socksx.server.tunnel._end import TunnelEnd, norm_ip
+from socksx.server.tunnel._end import TunnelEnd
 from socksx.server.tunnel._links import FrameLink, SealedLink
 
 if TYPE_CHECKING:
@@ -57,10 +57,6 @@ _ID_ATTEMPTS = 64  # random TUNNEL_IDs tried before giving up (the table is neve
 
 #: server -> bind address -> its PROTO 02 endpoint (a weak key: a stopped server lets go).
 _ENDPOINTS: WeakKeyDictionary[Any, dict[tuple[str, int], Endpoint]] = WeakKeyDictionary()
-
-
-def _family(ip: str) -> int:
-    return int(gsocket.AF_INET6 if ":" in ip else gsocket.AF_INET)
 
 
 def may_tunnel(rules: RuleSet, client_ip: str, user: str | None) -> Decision:
@@ -95,7 +91,7 @@ class Endpoint:
         self.server = server
         self.bind = bind
         self.tunnels: dict[int, FarTunnel] = {}
-        self.sock = gsocket.socket(_family(bind[0]), gsocket.SOCK_DGRAM)
+        self.sock = gsocket.socket(family_of(bind[0]), gsocket.SOCK_DGRAM)
         try:
             self.sock.bind(bind)
         except OSError:
@@ -296,7 +292,7 @@ class FarTunnel(TunnelEnd):
         if sock is None:
             sock = gsocket.socket(family, gsocket.SOCK_DGRAM)
             outward = self.server.config.outward_address
-            if outward and _family(outward) == family:
+            if outward and family_of(outward) == family:
                 sock.bind((outward, 0))
             else:
                 sock.bind(("::" if family == gsocket.AF_INET6 else "0.0.0.0", 0))

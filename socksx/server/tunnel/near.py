@@ -60,8 +60,8 @@ from socksx.protocol.tunnel import (
     parse_fingerprint,
 )
 from socksx.server.connect import open_upstream
-from socksx.server.dgram import datagrams
-from socksx.server.tunnel._end import TunnelEnd, norm_ip
+from socksx.server.dgram import datagrams, family_of, norm_ip
+from socksx.server.tunnel._end import TunnelEnd
 from socksx.server.tunnel._links import FrameLink, SealedLink
 
 if TYPE_CHECKING:
@@ -76,10 +76,6 @@ _RSV_FRAG = b"\x00\x00\x00"
 #: Rule ids of A's own refusals (log lines and the session result name them).
 RULE_CREDENTIALS_IN_CLEAR = "tunnel-credentials-in-clear"
 RULE_PEER_NOT_CONFIGURED = "tunnel-peer-not-configured"
-
-
-def _family(ip: str) -> int:
-    return int(gsocket.AF_INET6 if ":" in ip else gsocket.AF_INET)
 
 
 def find_peer(config: Config, address: Address) -> TunnelPeer | None:
@@ -275,7 +271,7 @@ class NearTunnel(TunnelEnd):
         self.address = request.address
         self.tls = dialed.tls
         local_ip = session.sock.getsockname()[0]
-        self.client_sock = gsocket.socket(_family(local_ip), gsocket.SOCK_DGRAM)
+        self.client_sock = gsocket.socket(family_of(local_ip), gsocket.SOCK_DGRAM)
         self.peer_sock: Any = None
         self.client_addr: tuple[Any, ...] | None = None
         self.headers: dict[Address, bytes] = {}
@@ -297,10 +293,10 @@ class NearTunnel(TunnelEnd):
             # B did not name a usable address: its endpoint is on the address we reached it at.
             host = dialed.peer_ip
         self.endpoint = (host, reply.address.port)
-        family = _family(host)
+        family = family_of(host)
         self.peer_sock = gsocket.socket(family, gsocket.SOCK_DGRAM)
         outward = self.server.config.outward_address
-        if outward and _family(outward) == family:
+        if outward and family_of(outward) == family:
             self.peer_sock.bind((outward, 0))
         self.tunnel_id = reply.tunnel_id
         self.link = SealedLink(self, reply.key, reply.tunnel_id, TunnelDir.A_TO_B, self._transmit)
