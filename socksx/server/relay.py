@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Callable
 from socket import SHUT_WR
 from time import monotonic
 from typing import Any, Protocol
@@ -73,13 +72,6 @@ def _io_error(exc: BaseException) -> str:
     return f"io-error: {(reason or type(exc).__name__).lower()}"
 
 
-def _count(counters: Counters, upward: bool, n: int) -> None:
-    if upward:
-        counters.bytes_up += n
-    else:
-        counters.bytes_down += n
-
-
 def _copy_pump(
     src: gsocket.socket, dst: gsocket.socket, counters: Counters, upward: bool, shared: _Shared
 ) -> None:
@@ -98,7 +90,10 @@ def _copy_pump(
         if not n:
             return
         sendall(view[:n])
-        _count(counters, upward, n)
+        if upward:
+            counters.bytes_up += n
+        else:
+            counters.bytes_down += n
         shared.last = monotonic()
 
 
@@ -334,27 +329,9 @@ class _SpliceRelay:
         self.end(_io_error(exc))
 
 
-Pump = Callable[[gsocket.socket, gsocket.socket, Counters, bool, _Shared], None]
-
-
-def _run_pump(
-    pump: Pump,
-    src: gsocket.socket,
-    dst: gsocket.socket,
-    counters: Counters,
-    upward: bool,
-    shared: _Shared,
-) -> None:
-    pump(src, dst, counters, upward, shared)
-    if not shared.timed_out:
-        # Propagate EOF; the destination may already be gone, then nobody is left to tell.
-        with contextlib.suppress(OSError):
-            dst.shutdown(gsocket.SHUT_WR)
-
-
 def relay(
-    client: gsocket.socket,
-    upstream: gsocket.socket,
+    client: Any,
+    upstream: Any,
     counters: Counters,
     idle: float,
     pending: bytes = b"",
@@ -365,41 +342,37 @@ def relay(
     *pending* is client data that arrived with the request (pipelined) and goes first.
     Returns the session result: "ok", "idle-timeout" or "io-error: ...". Never raises OSError.
     """
-    if zero_copy and SPLICE_AVAILABLE:
-        if pending:
-            try:
-                upstream.sendall(pending)
-            except OSError as exc:
-                return _io_error(exc)
-            counters.bytes_up += len(pending)
+    splice = zero_copy and SPLICE_AVAILABLE
+    if not splice:
+        # The copy relay's sockets time out (the pending data's send included); the splice
+        # relay keeps its own idle timer.
+        client.settimeout(idle)
+        upstream.settimeout(idle)
+    if pending:
+        try:
+            upstream.sendall(pending)
+        except OSError as exc:
+            return _io_error(exc)
+        counters.bytes_up += len(pending)
+    if splice:
         return _SpliceRelay(client, upstream, counters, idle).run()
-    return _copy_relay(client, upstream, counters, idle, pending)
+    return _copy_relay(client, upstream, counters, idle)
 
 
-def _copy_relay(
-    client: gsocket.socket,
-    upstream: gsocket.socket,
-    counters: Counters,
-    idle: float,
-    pending: bytes,
-) -> str:
+def _copy_relay(client: Any, upstream: Any, counters: Counters, idle: float) -> str:
     """The portable relay: one greenlet per direction, copying through a buffer each."""
     shared = _Shared(idle)
-    client.settimeout(idle)
-    upstream.settimeout(idle)
 
     def pump(src: gsocket.socket, dst: gsocket.socket, upward: bool) -> None:
         try:
-            _run_pump(_copy_pump, src, dst, counters, upward, shared)
+            _copy_pump(src, dst, counters, upward, shared)
+            if not shared.timed_out:
+                # Propagate EOF; the destination may already be gone, then nobody is left.
+                with contextlib.suppress(OSError):
+                    dst.shutdown(gsocket.SHUT_WR)
         except OSError as exc:
             shared.error = exc
 
-    try:
-        if pending:
-            upstream.sendall(pending)
-            counters.bytes_up += len(pending)
-    except OSError as exc:
-        return _io_error(exc)
     pumps = {
         gevent.spawn(pump, client, upstream, True),
         gevent.spawn(pump, upstream, client, False),
