@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from socksx.cli._app import App
 from socksx.cli._exit import ExitCode
 from socksx.cli.bind import ChannelState, bind, live_table, plain_table
 from socksx.client.multibind import ChannelInfo
-from tests.conftest import recv_all, sha256
+from tests.conftest import recv_all, sha256, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 10.0
@@ -108,10 +107,11 @@ def bind_process():
 
 
 def multibinds_gone(server) -> None:
-    deadline = time.monotonic() + WAIT
-    while server.call(lambda: len(server.server.multibinds)):
-        assert time.monotonic() < deadline, "the proxy kept the channels"
-        time.sleep(0.02)
+    wait_until(
+        lambda: not server.call(lambda: len(server.server.multibinds)),
+        "the proxy letting go of the channels",
+        timeout=WAIT,
+    )
 
 
 # -- a subprocess with real forwarding ---------------------------------------------------------

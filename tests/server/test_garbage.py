@@ -171,12 +171,9 @@ def assert_still_serves(servers, echo_server) -> None:
 
 def assert_no_sessions_left(servers) -> None:
     for server in servers.values():
-        deadline = time.monotonic() + CLOSE_WITHIN
-        while (left := server.call(lambda s=server: len(s.server.sessions))) and (
-            time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
-        assert left == 0, f"{left} sessions still open"
+        idle = server.call(lambda s=server: s.server.wait_idle(timeout=CLOSE_WITHIN))
+        left = server.call(lambda s=server: len(s.server.sessions))
+        assert idle, f"{left} sessions still open"
 
 
 def run_all(cases: list[tuple[str, str, bytes]], servers) -> list[str]:

@@ -6,6 +6,7 @@ import gc
 import socket
 
 import gevent
+import gevent.event
 
 from socksx.server.server import IDLE_GREENLETS, bind_listen_socket
 from tests.conftest import EchoServer, recv_exactly
@@ -32,6 +33,15 @@ def _echo_through(proxy: tuple[str, int], echo: EchoServer, payload: bytes) -> s
     return sock
 
 
+def _kill_and_run_callbacks(session) -> None:
+    """In the server's hub: kill, then wait for a callback queued after the kill's (the loop
+    runs callbacks in order), so the kill has been carried out when this returns."""
+    session.kill()
+    done = gevent.event.Event()
+    gevent.get_hub().loop.run_callback(done.set)
+    assert done.wait(5)
+
+
 def test_a_late_kill_of_an_ended_session_spares_the_next_one(socks_server, echo_server):
     # Session greenlets serve one connection after another: ending session A from outside
     # after it is over must not touch B, which its greenlet now serves.
@@ -43,8 +53,7 @@ def test_a_late_kill_of_an_ended_session_spares_the_next_one(socks_server, echo_
     with second:
         (session_b,) = socks_server.call(lambda: list(socks_server.server.sessions))
         assert session_b.greenlet is session_a.greenlet  # reused: the case under test
-        socks_server.call(session_a.kill)
-        socks_server.call(lambda: gevent.sleep(0.05))  # the kill's callback has run
+        socks_server.call(lambda: _kill_and_run_callbacks(session_a))
         second.sendall(b"still here")
         assert recv_exactly(second, 10) == b"still here"
         assert socks_server.call(lambda: session_b.result) == "ok"

@@ -32,21 +32,12 @@ from socksx.protocol.tunnel import (
     maybe_read_frame,
     maybe_read_tunnel_reply,
 )
-from tests.conftest import LOOPBACK_RULE, UdpEcho, recv_exactly
+from tests.conftest import LOOPBACK_RULE, UdpEcho, recv_exactly, wait_until
 from tests.server.socks_raw import negotiate, open_socks, read_reply
 from tests.server.test_server_auth import write_users
 
 ZERO = Address("0.0.0.0", 0)
 PROTOS = [pytest.param("tls", id="proto01"), pytest.param("udp", id="proto02")]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll *predicate* (server state has no event to wait on) until true or fail."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -349,12 +340,12 @@ def test_closing_the_client_tears_down_both_gateways(gateways, udp_echo, proto):
     round_trip(tunnel, udp_echo, [b"bye soon"])
     assert len(pair.tunnels(pair.b)) == 1
     tunnel.close()
-    wait_for(lambda: pair.tunnels(pair.a) == [] and pair.tunnels(pair.b) == [])
+    wait_until(lambda: pair.tunnels(pair.a) == [] and pair.tunnels(pair.b) == [])
 
     def results(server):
         return server.call(lambda: dict(server.server.stats.by_result))
 
-    wait_for(lambda: results(pair.b).get("peer-closed") == 1)
+    wait_until(lambda: results(pair.b).get("peer-closed") == 1)
     assert results(pair.a).get("client-closed") == 1
 
 
@@ -365,7 +356,7 @@ def test_b_stopping_ends_the_clients_tunnel(gateways, udp_echo):
         pair.b.stop()
         tunnel.control.settimeout(10)
         assert tunnel.control.recv(10) == b""  # A closed the client's connection
-    wait_for(lambda: pair.tunnels(pair.a) == [])
+    wait_until(lambda: pair.tunnels(pair.a) == [])
 
 
 def test_reload_without_the_peer_ends_its_tunnels(gateways, udp_echo, tmp_path):
@@ -382,7 +373,7 @@ def test_reload_without_the_peer_ends_its_tunnels(gateways, udp_echo, tmp_path):
         assert pair.a.call(pair.a.server.reload) is True
         tunnel.control.settimeout(10)
         assert tunnel.control.recv(10) == b""
-    wait_for(lambda: pair.tunnels(pair.b) == [])
+    wait_until(lambda: pair.tunnels(pair.b) == [])
     assert pair.a.call(lambda: dict(pair.a.server.stats.by_result)).get("peer-removed") == 1
 
 
@@ -491,7 +482,7 @@ def test_b_keeps_alive_then_gives_up_on_a_silent_a(make_server, pki):
         a.tls.settimeout(10)
         assert a.tls.recv(10) == b""  # B ended the tunnel: A fell silent
         assert 0.9 < time.monotonic() - started < 5
-        wait_for(lambda: b.call(lambda: len(b.server.tunnels)) == 0)
+        wait_until(lambda: b.call(lambda: len(b.server.tunnels)) == 0)
         assert b.call(lambda: dict(b.server.stats.by_result)).get("dead-peer") == 1
     finally:
         a.close()
