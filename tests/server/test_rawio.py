@@ -42,9 +42,11 @@ def test_sendall_waits_out_back_pressure_and_keeps_the_order():
 def test_recv_parks_until_data_arrives():
     stream, peer = _pair()
     with peer:
-        later = gevent.spawn_later(0.05, peer.sendall, b"hello")
-        assert stream.recv(100) == b"hello"
-        later.join()
+        reader = gevent.spawn(stream.recv, 100)
+        gevent.idle()  # the reader has found nothing and parked on its watcher
+        assert not reader.ready()
+        peer.sendall(b"hello")
+        assert reader.get(timeout=5) == b"hello"
         peer.close()
         assert stream.recv(100) == b""  # EOF
     stream.close()
