@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 from tests.conftest import recv_exactly
 
@@ -78,3 +79,25 @@ def socks5_connect(proxy: tuple[str, int], host: str, port: int, **auth: bytes) 
     sock, (rep, _, _) = socks5_request(proxy, 1, host, port, **auth)
     assert rep == 0, f"REP {rep:#04x}"
     return sock
+
+
+def read_until_closed(sock: socket.socket, within: float = 5.0) -> bytes:
+    """Everything the server sends until it closes; fails if it does not close in time."""
+    deadline = time.monotonic() + within
+    out = bytearray()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            msg = f"server did not close within {within} s (got {bytes(out)!r})"
+            raise AssertionError(msg)
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            # closing with unread client bytes makes the kernel send RST: still a close
+            return bytes(out)
+        if not chunk:
+            return bytes(out)
+        out += chunk

@@ -12,7 +12,6 @@ import logging
 import random
 import socket
 import struct
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,14 @@ import pytest
 
 from socksx.server.auth import hash_password
 from tests.conftest import recv_exactly
-from tests.server.socks_raw import addr_bytes, negotiate, open_socks, read_reply, socks5_connect
+from tests.server.socks_raw import (
+    addr_bytes,
+    negotiate,
+    open_socks,
+    read_reply,
+    read_until_closed,
+    socks5_connect,
+)
 
 ECHO_NAME = "echo.test"
 SEED = 20240601
@@ -108,26 +114,6 @@ def conversations(echo: tuple[str, int]) -> dict[str, tuple[str, bytes]]:
     }
 
 
-def read_until_closed(sock: socket.socket, within: float = CLOSE_WITHIN) -> bytes:
-    """Everything the server sends until it closes; fails if it does not close in time."""
-    deadline = time.monotonic() + within
-    out = bytearray()
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            msg = f"server did not close within {within} s (got {bytes(out)!r})"
-            raise AssertionError(msg)
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            # closing with unread client bytes makes the kernel send RST: still a close
-            return bytes(out)
-        if not chunk:
-            return bytes(out)
-        out += chunk
 
 
 def send_and_expect_close(address: tuple[str, int], data: bytes) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import socket
@@ -421,20 +420,6 @@ def rewrite(server, old: str, new: str) -> None:
     Path(server.source).write_text(server.toml_text)
 
 
-@pytest.fixture
-def socksx_records() -> Iterator[list[logging.LogRecord]]:
-    logger = logging.getLogger("socksx")
-    seen: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = seen.append  # type: ignore[method-assign]
-    saved = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield seen
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved)
 
 
 def test_reload_applies_new_session_limits_and_keeps_open_sessions(make_server, echo_server):

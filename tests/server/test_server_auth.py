@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import nacl.pwhash.argon2id as argon2id
@@ -14,9 +12,14 @@ import pytest
 
 from socksx.server.auth import hash_password
 from tests.conftest import recv_exactly
-from tests.server.socks_raw import addr_bytes, open_socks, read_reply, socks5_connect
+from tests.server.socks_raw import (
+    addr_bytes,
+    open_socks,
+    read_reply,
+    read_until_closed,
+    socks5_connect,
+)
 
-CLOSE_WITHIN = 5.0
 
 
 def fast_hash(password: bytes) -> bytes:
@@ -40,37 +43,10 @@ def users_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    logger = logging.getLogger("socksx")
-    seen: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = seen.append  # type: ignore[method-assign]
-    saved = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield seen
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved)
+def records(socksx_records: list[logging.LogRecord]) -> list[logging.LogRecord]:
+    return socksx_records
 
 
-def read_until_closed(sock: socket.socket) -> bytes:
-    deadline = time.monotonic() + CLOSE_WITHIN
-    out = bytearray()
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            chunk = sock.recv(4096)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return bytes(out)
-        if not chunk:
-            return bytes(out)
-        out += chunk
-    msg = f"server did not close within {CLOSE_WITHIN} s"
-    raise AssertionError(msg)
 
 
 def login(

@@ -10,9 +10,8 @@ import time
 import pytest
 
 from tests.conftest import recv_exactly, wait_until
-from tests.server.socks_raw import negotiate, socks5_connect
+from tests.server.socks_raw import negotiate, read_until_closed, socks5_connect
 
-CLOSE_WITHIN = 5.0
 
 
 def connect_from(address: tuple[str, int], source: str = "127.0.0.1") -> socket.socket:
@@ -23,23 +22,6 @@ def connect_from(address: tuple[str, int], source: str = "127.0.0.1") -> socket.
     return sock
 
 
-def closed_within(sock: socket.socket, within: float = CLOSE_WITHIN) -> bytes:
-    """What arrives before the server closes; fails if it stays open longer than *within*."""
-    deadline = time.monotonic() + within
-    out = bytearray()
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            chunk = sock.recv(4096)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return bytes(out)
-        if not chunk:
-            return bytes(out)
-        out += chunk
-    msg = f"still open after {within} s"
-    raise AssertionError(msg)
 
 
 def results(server) -> dict[str, int]:
@@ -54,7 +36,7 @@ def test_third_session_of_a_client_is_closed_without_reply(make_server):
         negotiate(second)
         with connect_from(server.address) as third:
             third.sendall(b"\x05\x01\x00")
-            assert closed_within(third) == b""
+            assert read_until_closed(third) == b""
         assert results(server).get("max_sessions_per_client") == 1
         # another client address is not limited by this client's sessions
         with connect_from(server.address, "127.0.0.2") as other:
@@ -78,7 +60,7 @@ def test_sessions_beyond_max_sessions_are_closed_without_reply(make_server):
         negotiate(second)
         with connect_from(server.address, "127.0.0.3") as third:
             third.sendall(b"\x05\x01\x00")
-            assert closed_within(third) == b""
+            assert read_until_closed(third) == b""
         assert results(server).get("max_sessions") == 1
         assert server.call(lambda: len(server.server.sessions)) == 2
     finally:
@@ -91,7 +73,7 @@ def test_silent_client_is_closed_by_the_handshake_timeout(make_server):
     with connect_from(server.address) as sock:
         started = time.monotonic()
         sock.sendall(b"\x05")
-        assert closed_within(sock) == b""
+        assert read_until_closed(sock) == b""
         assert time.monotonic() - started >= 0.3  # closed by the timeout, not at once
     assert wait_until(lambda: results(server).get("handshake-timeout") == 1)
 
@@ -115,7 +97,7 @@ def test_handshake_timeout_bounds_the_whole_handshake_not_each_byte(make_server)
         sender = threading.Thread(target=trickle)
         sender.start()
         try:
-            assert closed_within(sock, within=3.0) == b""
+            assert read_until_closed(sock, within=3.0) == b""
         finally:
             closed.set()
             sender.join()
@@ -129,7 +111,7 @@ def test_idle_relay_is_closed(make_server, echo_server, zero_copy):
         sock.sendall(b"x")
         assert recv_exactly(sock, 1) == b"x"
         started = time.monotonic()
-        assert closed_within(sock) == b""
+        assert read_until_closed(sock) == b""
         assert time.monotonic() - started >= 0.3
     assert wait_until(lambda: results(server).get("idle-timeout") == 1)
 
@@ -150,7 +132,7 @@ def test_traffic_in_one_direction_keeps_a_relay_alive(make_server, zero_copy):
                     time.sleep(0.2)
                 peer.shutdown(socket.SHUT_WR)
                 sock.shutdown(socket.SHUT_WR)
-                assert closed_within(sock) == b""
+                assert read_until_closed(sock) == b""
     assert wait_until(lambda: results(server).get("ok") == 1)
     assert "idle-timeout" not in results(server)
 
@@ -174,6 +156,6 @@ def test_idle_timeout_after_a_download_is_reported_as_idle(make_server, zero_cop
                 time.sleep(0.25)  # the client's direction goes quiet first
                 peer.sendall(b"last word")
                 assert recv_exactly(sock, 9) == b"last word"
-                assert closed_within(sock) == b""
+                assert read_until_closed(sock) == b""
     assert wait_until(lambda: sum(results(server).values()) == 1)
     assert results(server) == {"idle-timeout": 1}
