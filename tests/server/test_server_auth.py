@@ -21,7 +21,6 @@ from tests.server.socks_raw import (
 )
 
 
-
 def fast_hash(password: bytes) -> bytes:
     return hash_password(password, opslimit=argon2id.OPSLIMIT_MIN, memlimit=argon2id.MEMLIMIT_MIN)
 

@@ -13,7 +13,6 @@ from tests.conftest import recv_exactly, wait_until
 from tests.server.socks_raw import negotiate, read_until_closed, socks5_connect
 
 
-
 def connect_from(address: tuple[str, int], source: str = "127.0.0.1") -> socket.socket:
     sock = socket.socket()
     sock.settimeout(10)
