@@ -95,6 +95,7 @@ def handle(session: Session, request: object) -> None:
     try:
         bound = upstream.getsockname()
         session.send_reply(ReplyCode.SUCCEEDED, Address.from_ip(bound[0], bound[1]))
-        session.relay_with(upstream, session.take_trailing())
-    finally:
+    except BaseException:
         upstream.close()
+        raise
+    session.relay_with(upstream, session.take_trailing())  # closes upstream at the end
